@@ -1,0 +1,1 @@
+"""Weakly-supervised localization and segmentation: image-level labels to boxes and pseudo-labels."""

@@ -1,0 +1,78 @@
+"""Dense CRF refinement of seed masks (Kraehenbuehl & Koltun, NeurIPS 2011,
+https://arxiv.org/abs/1210.5644), through pydensecrf.
+
+The CRF's labels are background plus the classes present in the image only: a
+label the image cannot contain can never win. The unary comes from the seed
+mask (``unary_from_labels`` with ``gt_prob``, as in IRN and PSA); the pairwise
+terms are a Gaussian smoothness kernel and a bilateral appearance kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+from pydensecrf.utils import unary_from_labels
+
+from pipeline.config import CrfParams
+from pipeline.data.voc import IGNORE_INDEX
+
+__all__ = ["dense_crf", "refine_mask"]
+
+
+def dense_crf(image: np.ndarray, labels: np.ndarray, num_labels: int, params: CrfParams) -> np.ndarray:
+    """Mean-field marginals of a dense CRF.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        labels: ``(H, W)`` integer labels in ``0 .. num_labels - 1`` (the unary).
+        num_labels: number of CRF labels.
+        params: kernel widths, compatibilities, ``gt_prob`` and iterations.
+    Returns:
+        ``(num_labels, H, W)`` float32 marginals.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels {labels.shape} do not match image {image.shape[:2]}")
+    h, w = labels.shape
+    if num_labels < 2:  # nothing to decide
+        return np.ones((1, h, w), np.float32)
+    crf = dcrf.DenseCRF2D(w, h, num_labels)
+    unary = unary_from_labels(labels.astype(np.int32), num_labels, gt_prob=params.gt_prob, zero_unsure=False)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary))
+    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
+    crf.addPairwiseBilateral(
+        sxy=params.bilateral_sxy,
+        srgb=params.bilateral_srgb,
+        rgbim=np.ascontiguousarray(image),
+        compat=params.bilateral_compat,
+    )
+    q = crf.inference(params.iterations)
+    return np.asarray(q, dtype=np.float32).reshape(num_labels, h, w)
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, class_ids: np.ndarray, params: CrfParams) -> np.ndarray:
+    """Refine a seed mask with the CRF and mark doubtful pixels as ignore.
+
+    Args:
+        image: ``(H, W, 3)`` uint8.
+        mask: ``(H, W)`` uint8 seed mask, 0 background, c + 1 for class c.
+        class_ids: ``(K,)`` classes present in the image (the CRF's labels besides background).
+        params: CRF settings; ``ignore_confidence`` and ``ignore_disagreement`` choose which
+            pixels become 255.
+    Returns:
+        ``(H, W)`` uint8 pseudo-label: 0 background, c + 1 for class c, 255 ignore.
+    """
+    class_values = np.concatenate([[0], np.asarray(class_ids, dtype=np.int64) + 1])
+    lookup = np.zeros(256, np.int64)
+    lookup[class_values] = np.arange(class_values.size)
+    stray = ~np.isin(mask, class_values)
+    if stray.any():
+        raise ValueError(f"mask holds labels {np.unique(mask[stray]).tolist()} outside the present classes {class_values.tolist()}")
+    q = dense_crf(image, lookup[mask], class_values.size, params)
+    refined = class_values[q.argmax(axis=0)].astype(np.uint8)
+    if params.ignore_confidence > 0:
+        refined[q.max(axis=0) < params.ignore_confidence] = IGNORE_INDEX
+    if params.ignore_disagreement:
+        refined[refined != mask] = IGNORE_INDEX
+    return refined

@@ -1,0 +1,80 @@
+"""Index a dataset for the later stages: ids per split, image-level labels, image sizes."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from pipeline.data.voc import DatasetError, VOCDataset
+
+__all__ = ["index_split", "DatasetIndex"]
+
+
+def index_split(voc: VOCDataset, *, verify_images: bool = True, progress: Callable | None = None) -> tuple[dict, list[str]]:
+    """Labels and ``(H, W)`` of every id in ``voc``, checking each file on the way.
+
+    Every image must exist (and decode when ``verify_images``), every mask must match
+    its image's size, every XML class name must be known. An image with no labels at
+    all is not an error: it is skipped and returned in the second list.
+
+    Returns:
+        ``({id: {"labels": [...], "size": [H, W]}}, skipped_ids)``.
+    """
+    entries: dict[str, dict] = {}
+    skipped: list[str] = []
+    ids: Sequence[str] = progress(voc.ids, desc="index", unit="img") if progress else voc.ids
+    for image_id in ids:
+        if verify_images:
+            size = voc.load_image(image_id).shape[:2]
+        else:
+            size = voc.image_size(image_id)
+        voc.load_mask(image_id, size)  # raises on a size mismatch or an unreadable file
+        labels = voc.labels(image_id)
+        if not labels:
+            skipped.append(image_id)
+            continue
+        entries[image_id] = {"labels": list(labels), "size": [int(size[0]), int(size[1])]}
+    if not entries:
+        raise DatasetError(f"{voc.root}: none of the {len(voc)} images has a label")
+    return entries, skipped
+
+
+class DatasetIndex:
+    """What ``prepare`` wrote: the VOC root, the classes, the id lists and per-image facts.
+
+    ``splits`` maps ``train`` (classifier training and pseudo-labels), ``val`` (classifier
+    mAP) and ``eval`` (scoring) to id lists; ``images`` maps each id to its labels and size.
+    """
+
+    def __init__(self, root: str, classes: Sequence[str], splits: dict[str, list[str]], images: dict[str, dict], skipped: dict[str, list[str]] | None = None) -> None:
+        self.root = root
+        self.classes = tuple(classes)
+        self.splits = splits
+        self.images = images
+        self.skipped = skipped or {}
+
+    def to_dict(self) -> dict:
+        return {
+            "root": self.root,
+            "classes": list(self.classes),
+            "splits": self.splits,
+            "skipped": self.skipped,
+            "images": self.images,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "dataset index") -> "DatasetIndex":
+        try:
+            return cls(data["root"], data["classes"], data["splits"], data["images"], data.get("skipped"))
+        except (KeyError, TypeError) as err:
+            raise DatasetError(f"{where}: not a dataset index ({err}); rerun the prepare stage") from None
+
+    def dataset(self, split: str) -> VOCDataset:
+        """The VOC reader over one split's ids."""
+        return VOCDataset(self.root, self.splits[split], classes=self.classes)
+
+    def labels(self, image_id: str) -> list[int]:
+        return self.images[image_id]["labels"]
+
+    def size(self, image_id: str) -> tuple[int, int]:
+        h, w = self.images[image_id]["size"]
+        return int(h), int(w)

@@ -1,0 +1,175 @@
+"""Multi-label classifier training: BCE-with-logits, albumentations, SGD or AdamW, poly schedule."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import TrainParams
+from pipeline.data.voc import VOCDataset
+from pipeline.metrics import mean_average_precision
+
+__all__ = [
+    "resolve_device",
+    "seed_everything",
+    "to_tensor",
+    "train_augmentation",
+    "eval_transform",
+    "ClassificationDataset",
+    "build_optimizer",
+    "lr_factor",
+    "train_one_epoch",
+    "predict",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cpu`` and ``cuda[:i]`` are taken as they are."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:<index>")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float, normalised on [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    m = torch.as_tensor(mean, dtype=x.dtype)[:, None, None]
+    s = torch.as_tensor(std, dtype=x.dtype)[:, None, None]
+    return (x - m) / s
+
+
+def train_augmentation(crop_size: int) -> A.Compose:
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(crop_size, crop_size), scale=(0.5, 1.0), ratio=(0.75, 1.333)),
+            A.HorizontalFlip(p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+        ]
+    )
+
+
+def eval_transform(crop_size: int) -> A.Compose:
+    return A.Compose([A.Resize(crop_size, crop_size)])
+
+
+class ClassificationDataset(Dataset):
+    """Images of a VOC dataset with their multi-hot image-level labels."""
+
+    def __init__(
+        self,
+        voc: VOCDataset,
+        labels: dict[str, Sequence[int]],
+        transform: A.Compose,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.voc = voc
+        self.labels = labels
+        self.transform = transform
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_id = self.voc.ids[index]
+        image = self.transform(image=self.voc.load_image(image_id))["image"]
+        target = torch.zeros(len(self.voc.classes))
+        target[list(self.labels[image_id])] = 1.0
+        return to_tensor(image, self.mean, self.std), target
+
+
+def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """The head learns ``head_lr_mult`` times faster than the backbone (IRN's x10)."""
+    head = list(model.head.parameters())
+    head_ids = {id(p) for p in head}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [
+        {"params": backbone, "lr": params.lr, "base_lr": params.lr},
+        {"params": head, "lr": params.lr * params.head_lr_mult, "base_lr": params.lr * params.head_lr_mult},
+    ]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    raise ValueError(f"unknown optimizer {params.optimizer!r}; valid: adamw, sgd")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total``."""
+    progress = min(step / max(total, 1), 1.0)
+    if schedule == "poly":
+        return (1.0 - progress) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {schedule!r}; valid: constant, cosine, poly")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    schedule: str,
+    step: int,
+    total_steps: int,
+    device: torch.device,
+    progress: Callable | None = None,
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns the mean loss and the step count after it."""
+    model.train()
+    criterion = nn.BCEWithLogitsLoss()
+    total_loss, seen = 0.0, 0
+    batches = progress(loader) if progress else loader
+    for images, targets in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(schedule, step, total_steps)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        loss = criterion(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        total_loss += loss.item() * images.shape[0]
+        seen += images.shape[0]
+        if progress:
+            batches.set_postfix(loss=f"{loss.item():.4f}")
+    return total_loss / max(seen, 1), step
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and targets over ``loader``: two ``(N, C)`` arrays."""
+    model.eval()
+    scores, targets = [], []
+    for images, target in loader:
+        images = images.to(device).contiguous(memory_format=torch.channels_last)
+        scores.append(torch.sigmoid(model(images)).cpu())
+        targets.append(target)
+    return torch.cat(scores).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+    scores, targets = predict(model, loader, device)
+    return mean_average_precision(scores, targets)

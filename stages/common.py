@@ -1,0 +1,78 @@
+"""Helpers every stage uses: reading params.yaml sections and the dataset index."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import (
+    BuiltinParams,
+    CamParams,
+    ConfigError,
+    CrfParams,
+    DataParams,
+    EvaluateParams,
+    ModelParams,
+    PostprocessParams,
+    TrainParams,
+    from_dict,
+)
+from pipeline.data.index import DatasetIndex
+from pipeline.io import read_json
+
+PARAMS_FILE = Path("params.yaml")
+INDEX_FILE = Path("data/prepared/dataset.json")
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "cam": CamParams,
+    "postprocess": PostprocessParams,
+    "crf": CrfParams,
+    "evaluate": EvaluateParams,
+}
+
+log = logging.getLogger("wsl")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def load_params(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
+    """The named sections of ``params.yaml`` as frozen dataclasses.
+
+    Unknown top-level sections and unknown keys inside any section are errors, so a
+    typo never silently falls back to a default.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run the stage from the repository root)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
+    for name, cls in SECTIONS.items():  # validate every section, not only those this stage reads
+        from_dict(cls, raw.get(name), f"{path}:{name}")
+    return tuple(from_dict(SECTIONS[n], raw.get(n), f"{path}:{n}") for n in names)
+
+
+def load_index(path: Path = INDEX_FILE) -> DatasetIndex:
+    return DatasetIndex.from_dict(read_json(path), str(path))
+
+
+def run(main) -> None:
+    """Run a stage's ``main``; known input errors print one clear line and exit 1."""
+    setup_logging()
+    try:
+        main()
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+        log.error("%s", err)
+        sys.exit(1)

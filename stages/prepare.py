@@ -1,0 +1,53 @@
+"""Stage `prepare`: generate the built-in dataset or index a VOC one; write data/prepared/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.data.index import DatasetIndex, index_split
+from pipeline.data.synthetic import generate_dataset
+from pipeline.data.voc import VOCDataset, find_voc_root
+from pipeline.io import atomic_dir, write_json
+from stages.common import INDEX_FILE, load_params, log, run
+
+OUT = INDEX_FILE.parent
+
+
+def main() -> None:
+    (data,) = load_params("data")
+    if data.source not in ("builtin", "voc"):
+        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc")
+    with atomic_dir(OUT) as tmp:
+        if data.source == "builtin":
+            b = data.builtin
+            generate_dataset(tmp / "builtin", num_train=b.num_train, num_val=b.num_val, image_size=b.image_size, seed=b.seed, progress=tqdm)
+            # the index must name the root where it will live after the rename
+            scan_root, final_root = find_voc_root(tmp / "builtin"), OUT / "builtin" / "VOCdevkit" / "VOC2012"
+        else:
+            scan_root = final_root = find_voc_root(data.root)
+        splits, images, skipped = {}, {}, {}
+        classes = None
+        for split, ids in (("train", data.train_list), ("val", data.val_list), ("eval", data.eval_list)):
+            voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult)
+            classes = voc.classes
+            entries, dropped = index_split(voc, verify_images=data.verify_images, progress=tqdm)
+            if dropped:
+                log.warning("%s list: skipped %d image(s) with no labels: %s%s", split, len(dropped), ", ".join(dropped[:10]), " ..." if len(dropped) > 10 else "")
+            splits[split] = list(entries)
+            skipped[split] = dropped
+            images.update(entries)
+        missing = sorted(set(splits["eval"]) - set(splits["train"]))
+        if missing:
+            raise ValueError(
+                f"data.eval_list: {len(missing)} id(s) are not in data.train_list (seeds and pseudo-labels are made "
+                f"for the training ids only), e.g. {', '.join(missing[:5])}"
+            )
+        index = DatasetIndex(str(final_root), classes, splits, images, skipped)
+        write_json(tmp / INDEX_FILE.name, index.to_dict())
+    log.info("prepared %s: %s", final_root, ", ".join(f"{k} {len(v)} ids" for k, v in splits.items()))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -99,10 +99,14 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def normalize_maps(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Scale each map of ``(..., h, w)`` to a maximum of 1 (all-zero maps stay zero)."""
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``(..., h, w)`` to a maximum of 1 (all-zero maps stay zero).
+
+    No additive epsilon: it would make the result depend on the map's overall scale,
+    and methods that differ by a positive factor (CAM and Grad-CAM) must agree.
+    """
     peak = maps.amax(dim=(-2, -1), keepdim=True)
-    return maps / (peak + eps)
+    return maps / peak.clamp_min(torch.finfo(maps.dtype).tiny)
 
 
 def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -99,8 +99,8 @@ class CamParams:
 class PostprocessParams:
     """Seeds to masks and boxes (``postprocess``)."""
 
-    bg: float = 0.2
-    box_fraction: float = 0.2
+    bg: float = 0.5
+    box_fraction: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,7 @@ class CrfParams:
     bilateral_sxy: float = 50.0
     bilateral_srgb: float = 5.0
     bilateral_compat: float = 10.0
-    ignore_confidence: float = 0.0  # CRF marginal below this -> 255
+    ignore_confidence: float = 0.8  # CRF marginal below this -> 255
     ignore_disagreement: bool = False  # CRF label differs from the seed mask -> 255
     processes: int = 0  # 0: one per core
 

@@ -16,7 +16,7 @@ from pydensecrf.utils import unary_from_labels
 from pipeline.config import CrfParams
 from pipeline.data.voc import IGNORE_INDEX
 
-__all__ = ["dense_crf", "refine_mask"]
+__all__ = ["dense_crf", "refine_mask", "refine_files"]
 
 
 def dense_crf(image: np.ndarray, labels: np.ndarray, num_labels: int, params: CrfParams) -> np.ndarray:
@@ -76,3 +76,24 @@ def refine_mask(image: np.ndarray, mask: np.ndarray, class_ids: np.ndarray, para
     if params.ignore_disagreement:
         refined[refined != mask] = IGNORE_INDEX
     return refined
+
+
+def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
+    """Pool worker: read one image and its seed mask, return :func:`refine_mask`'s pseudo-label.
+
+    Reading happens here so that only paths cross the process boundary on the way in.
+    """
+    from PIL import Image
+
+    from pipeline.io import read_label_png
+
+    image_path, mask_path, class_ids, params = job
+    try:
+        with Image.open(image_path) as im:
+            image = np.array(im.convert("RGB"))
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{image_path}: cannot decode image ({err})") from None
+    mask = read_label_png(mask_path)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"{mask_path}: mask {mask.shape} does not match image {image_path} {image.shape[:2]}")
+    return refine_mask(image, mask, np.asarray(class_ids), params)

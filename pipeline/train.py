@@ -56,13 +56,16 @@ def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return (x - m) / s
 
 
-def train_augmentation(crop_size: int) -> A.Compose:
+def train_augmentation(crop_size: int, seed: int | None = None) -> A.Compose:
+    """Random resized crop, flip and colour jitter; ``seed`` makes the draws repeatable
+    (albumentations keeps its own generator, which ``seed_everything`` does not reach)."""
     return A.Compose(
         [
             A.RandomResizedCrop(size=(crop_size, crop_size), scale=(0.5, 1.0), ratio=(0.75, 1.333)),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
-        ]
+        ],
+        seed=seed,
     )
 
 

@@ -40,7 +40,7 @@ def main() -> None:
     model = build_classifier(model_p.backbone, len(index.classes), weights=model_p.weights, output_stride=model_p.output_stride)
     model = model.to(device).to(memory_format=torch.channels_last)
     labels = {i: index.labels(i) for i in index.images}
-    train_set = ClassificationDataset(index.dataset("train"), labels, train_augmentation(train_p.crop_size), mean, std)
+    train_set = ClassificationDataset(index.dataset("train"), labels, train_augmentation(train_p.crop_size, seed=train_p.seed), mean, std)
     val_set = ClassificationDataset(index.dataset("val"), labels, eval_transform(train_p.crop_size), mean, std)
     loader_kw = dict(num_workers=train_p.num_workers, pin_memory=device.type == "cuda", persistent_workers=train_p.num_workers > 0)
     train_loader = DataLoader(train_set, batch_size=train_p.batch_size, shuffle=True, drop_last=len(train_set) > train_p.batch_size, generator=generator, **loader_kw)

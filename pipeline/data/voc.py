@@ -181,7 +181,7 @@ class VOCDataset:
             raise DatasetError(f"{path}: image for id {image_id!r} not found")
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+                return np.array(image.convert("RGB"))
         except (OSError, SyntaxError) as err:
             raise DatasetError(f"{path}: cannot decode image for id {image_id!r} ({err})") from None
 

@@ -1,0 +1,86 @@
+"""Stage `cams`: seeds for every training image and each class in its labels -> outputs/seeds/."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.cams import compute_cams, list_methods
+from pipeline.data.index import DatasetIndex
+from pipeline.io import atomic_dir, save_seeds
+from pipeline.models import build_classifier
+from pipeline.train import resolve_device, to_tensor
+from stages.common import load_index, load_params, log, run
+
+CHECKPOINT = Path("models/classifier.pt")
+OUT = Path("outputs/seeds")
+
+
+class _Images(Dataset):
+    def __init__(self, index: DatasetIndex, mean, std) -> None:
+        self.voc = index.dataset("train")
+        self.index = index
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def __getitem__(self, i: int):
+        image_id = self.voc.ids[i]
+        labels = torch.as_tensor(self.index.labels(image_id), dtype=torch.long)
+        return to_tensor(self.voc.load_image(image_id), self.mean, self.std), labels, image_id
+
+
+def size_grouped_batches(index: DatasetIndex, ids: list[str], batch_size: int) -> list[list[int]]:
+    """Batches of positions into ``ids`` whose images share one size (no padding, no resizing)."""
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for pos, image_id in enumerate(ids):
+        groups[index.size(image_id)].append(pos)
+    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
+
+
+def _collate(items):
+    images, labels, ids = zip(*items)
+    return torch.stack(images), list(labels), list(ids)
+
+
+def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+def main() -> None:
+    (cam_p,) = load_params("cam")
+    if cam_p.method not in list_methods():
+        raise ValueError(f"cam.method: unknown method {cam_p.method!r}; valid methods: {', '.join(list_methods())}")
+    index = load_index()
+    device = resolve_device(cam_p.device)
+    model, ckpt = load_classifier(CHECKPOINT, device)
+    if list(ckpt["classes"]) != list(index.classes):
+        raise ValueError(f"{CHECKPOINT}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
+    model = model.to(memory_format=torch.channels_last)
+    data = _Images(index, ckpt["mean"], ckpt["std"])
+    batches = size_grouped_batches(index, data.voc.ids, cam_p.batch_size)
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, pin_memory=device.type == "cuda")
+    with atomic_dir(OUT) as tmp:
+        bar = tqdm(total=len(data), desc=f"seeds ({cam_p.method})", unit="img")
+        for images, labels, ids in loader:
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            maps = compute_cams(model, images, [l.to(device) for l in labels], cam_p.method)
+            for image_id, m, l in zip(ids, maps, labels):
+                save_seeds(tmp / f"{image_id}.npz", m.half().cpu().numpy(), l.numpy(), index.size(image_id))
+            bar.update(len(ids))
+        bar.close()
+    log.info("wrote seeds of %d images to %s", len(data), OUT)
+
+
+if __name__ == "__main__":
+    run(main)

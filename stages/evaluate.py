@@ -1,0 +1,127 @@
+"""Stage `evaluate`: score seeds, masks, CRF pseudo-labels and boxes against ground truth.
+
+Writes metrics/{seeds,masks,pseudo_labels,boxes}.json, plots/bg_sweep.csv,
+plots/per_class_iou.csv and a few overlays in plots/overlays/.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.cams import upsample_maps
+from pipeline.io import atomic_dir, atomic_path, load_seeds, read_json, read_label_png, write_json
+from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
+from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
+from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
+from stages.common import load_index, load_params, log, run
+
+SEEDS = Path("outputs/seeds")
+MASKS = Path("outputs/masks")
+BOXES = Path("outputs/boxes.json")
+PSEUDO = Path("outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def _per_class(prefix: str, iou: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {f"iou_{n}": (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, iou)}
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def main() -> None:
+    (post, ev) = load_params("postprocess", "evaluate")
+    index = load_index()
+    names = ["background", *index.classes]
+    n = len(names)
+    thresholds = np.round(np.arange(ev.bg_sweep_start, ev.bg_sweep_stop + 1e-9, ev.bg_sweep_step), 4)
+    if thresholds.size == 0:
+        raise ValueError("evaluate: the bg sweep is empty (check bg_sweep_start/stop/step)")
+    boxes = read_json(BOXES)["images"]
+
+    voc = index.dataset("eval")
+    sweep = np.zeros((thresholds.size, n, n), np.int64)
+    masks_cm = np.zeros((n, n), np.int64)
+    pseudo = PseudoLabelScore(n)
+    box_scores = {name: BoxScore() for name in BOX_SETS}
+    scored = 0
+    overlays = []
+    for i in tqdm(range(len(voc)), desc="evaluate", unit="img"):
+        sample = voc[i]
+        image_id = sample.image_id
+        for name, score in box_scores.items():
+            pred = boxes[image_id][name]
+            score.update(np.array([b["box"] for b in pred], np.float32), np.array([b["class_id"] for b in pred]), sample.boxes, sample.box_labels)
+        if sample.mask is None:
+            continue
+        scored += 1
+        gt = torch.from_numpy(sample.mask)
+        maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
+        full = upsample_maps(torch.from_numpy(maps).float(), size)
+        fg_score, fg_label = foreground(full, torch.from_numpy(class_ids))
+        for t, bg in enumerate(thresholds):
+            sweep[t] += confusion_matrix(labels_at_threshold(fg_score, fg_label, float(bg)), gt, n)
+        mask = read_label_png(MASKS / f"{image_id}.png")
+        masks_cm += confusion_matrix(mask, gt, n)
+        pl = read_label_png(PSEUDO / f"{image_id}.png")
+        pseudo.update(pl, sample.mask)
+        if len(overlays) < ev.num_overlays:
+            heat = fg_score.numpy()
+            panels = [sample.image, heatmap_overlay(sample.image, heat), label_overlay(sample.image, mask), label_overlay(sample.image, pl), label_overlay(sample.image, sample.mask)]
+            overlays.append((image_id, side_by_side(panels)))
+    if scored == 0:
+        raise ValueError(f"evaluate: none of the {len(voc)} eval ids has a ground-truth mask in {voc.root}/SegmentationClass")
+
+    sweep_miou = np.array([mean_iou(cm) for cm in sweep])
+    best = int(np.nanargmax(sweep_miou))
+    seeds_iou = iou_per_class(sweep[best])
+    write_json(METRICS / "seeds.json", {
+        "miou_at_best_bg": round(float(sweep_miou[best]), 4),
+        "best_bg": float(thresholds[best]),
+        **{f"miou_at_bg_{t:.2f}": round(float(m), 4) for t, m in zip(thresholds, sweep_miou)},
+        "num_images": scored,
+        **_per_class("seeds", seeds_iou, names),
+    })
+    masks_iou = iou_per_class(masks_cm)
+    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **_per_class("masks", masks_iou, names)})
+    pl_iou = iou_per_class(pseudo.full)
+    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **_per_class("pl", pl_iou, names)})
+    box_summary = {}
+    for name, score in box_scores.items():
+        s = score.summary()
+        prefix = "" if name == "largest" else f"{name}_"
+        box_summary[f"{prefix}accuracy_iou50"] = round(s["accuracy_iou50"], 4)
+        box_summary[f"{prefix}mean_iou"] = round(s["mean_iou"], 4)
+    box_summary["num_gt_boxes"] = box_scores["largest"].summary()["num_gt_boxes"]
+    box_summary["box_fraction"] = read_json(BOXES)["box_fraction"]
+    write_json(METRICS / "boxes.json", box_summary)
+
+    _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
+    _write_csv(
+        PLOTS / "per_class_iou.csv",
+        ["class", "seeds", "masks", "pseudo_labels"],
+        [[c, *(None if np.isnan(v) else round(float(v), 4) for v in (a, b, d))] for c, a, b, d in zip(names, seeds_iou, masks_iou, pl_iou)],
+    )
+    with atomic_dir(PLOTS / "overlays") as tmp:
+        for image_id, picture in overlays:
+            Image.fromarray(picture).save(tmp / f"{image_id}.png")
+    log.info(
+        "seeds mIoU %.4f at bg %.2f | masks %.4f | pseudo-labels %.4f | boxes acc@0.5 %.4f",
+        sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], box_summary["accuracy_iou50"],
+    )
+
+
+if __name__ == "__main__":
+    run(main)

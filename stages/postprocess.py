@@ -1,0 +1,37 @@
+"""Stage `postprocess`: seeds -> masks (outputs/masks/*.png) and boxes (outputs/boxes.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipeline.cams import upsample_maps
+from pipeline.io import atomic_dir, load_seeds, write_json, write_label_png
+from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
+from stages.common import load_index, load_params, log, run
+
+SEEDS = Path("outputs/seeds")
+MASKS = Path("outputs/masks")
+BOXES = Path("outputs/boxes.json")
+
+
+def main() -> None:
+    (post,) = load_params("postprocess")
+    index = load_index()
+    ids = index.splits["train"]
+    boxes = {}
+    with atomic_dir(MASKS) as tmp:
+        for image_id in tqdm(ids, desc="masks+boxes", unit="img"):
+            maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
+            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            class_t = torch.from_numpy(class_ids)
+            write_label_png(tmp / f"{image_id}.png", seeds_to_mask(full, class_t, post.bg).numpy())
+            boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, post.box_fraction)
+        write_json(BOXES, {"box_fraction": post.box_fraction, "classes": list(index.classes), "images": boxes})
+    log.info("wrote %d masks to %s and boxes to %s", len(ids), MASKS, BOXES)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.cams import compute_cams, list_methods, normalize_maps, upsample_maps
+from pipeline.models import CamClassifier
+
+
+class _NoBackward(torch.autograd.Function):
+    """Identity that fails if anything back-propagates through it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AssertionError("backward reached the backbone")
+
+
+class _Backbone(nn.Module):
+    def __init__(self, channels=5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+
+    def forward(self, x):
+        return _NoBackward.apply(torch.relu(self.conv(x)))
+
+
+class MLPHead(nn.Module):
+    """GAP -> Linear -> ReLU -> Linear: a non-linear head."""
+
+    def __init__(self, channels, hidden, classes):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, pooled):
+        return self.fc2(torch.relu(self.fc1(pooled)))
+
+
+class MLPModel(nn.Module):
+    def __init__(self, channels=5, hidden=7, classes=4):
+        super().__init__()
+        self.features = _Backbone(channels)
+        self.mlp = MLPHead(channels, hidden, classes)
+
+    def forward_features(self, x):
+        return self.features(x)
+
+    def forward_head(self, a):
+        return self.mlp(a.mean(dim=(2, 3)))
+
+
+def _linear_model(classes=4, channels=5):
+    torch.manual_seed(0)
+    return CamClassifier(_Backbone(channels), channels, classes)
+
+
+def test_gradcam_equals_cam_up_to_positive_factor_on_linear_head():
+    model = _linear_model()
+    x = torch.randn(3, 3, 12, 10)
+    ids = [torch.tensor([0, 2]), torch.tensor([1]), torch.tensor([3, 1, 0])]
+    grad = compute_cams(model, x, ids, "gradcam", normalize=False)
+    cam = compute_cams(model, x, ids, "cam", normalize=False)
+    feats = model.forward_features(x).detach()
+    h, w = feats.shape[2:]
+    for g, c, classes, a in zip(grad, cam, ids, feats):
+        # reference CAM written out: sum_c W[k, c] * A[c]
+        ref = torch.stack([(model.head.weight[k][:, None, None] * a).sum(0) for k in classes])
+        torch.testing.assert_close(c, ref, rtol=1e-5, atol=1e-5)
+        # Grad-CAM's gradient is W[k] / (h w) everywhere: the same map divided by h w
+        torch.testing.assert_close(g, ref / (h * w), rtol=1e-5, atol=1e-6)
+    # after ReLU and max-normalisation the two are identical
+    for g, c in zip(compute_cams(model, x, ids, "gradcam"), compute_cams(model, x, ids, "cam")):
+        torch.testing.assert_close(g, c, rtol=1e-4, atol=1e-5)
+
+
+def test_gradcam_nonlinear_head_matches_hand_computed_gradient():
+    torch.manual_seed(1)
+    model = MLPModel()
+    x = torch.randn(2, 3, 8, 9)
+    ids = [torch.tensor([0, 3]), torch.tensor([2])]
+    maps = compute_cams(model, x, ids, "gradcam", normalize=False)
+    a = model.forward_features(x).detach().numpy().astype(np.float64)
+    w1, b1 = model.mlp.fc1.weight.detach().numpy(), model.mlp.fc1.bias.detach().numpy()
+    w2 = model.mlp.fc2.weight.detach().numpy()
+    for n, classes in enumerate(ids):
+        pooled = a[n].mean(axis=(1, 2))
+        active = (w1 @ pooled + b1) > 0
+        for j, k in enumerate(classes.tolist()):
+            # d score_k / d A[c, i, j] = (1 / hw) sum_h w2[k, h] [z_h > 0] w1[h, c], the same at every position
+            alpha = (w2[k] * active) @ w1 / (a.shape[2] * a.shape[3])
+            ref = (alpha[:, None, None] * a[n]).sum(0)
+            np.testing.assert_allclose(maps[n][j].numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_cam_needs_linear_head():
+    with pytest.raises(ValueError, match="needs a model whose `head` is one nn.Linear"):
+        compute_cams(MLPModel(), torch.randn(1, 3, 8, 8), [[0]], "cam")
+
+
+def test_no_parameter_gradients_and_mode_restored():
+    model = _linear_model()
+    model.train()
+    compute_cams(model, torch.randn(2, 3, 8, 8), [[0], [1, 2]], "gradcam")
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_normalised_maps_in_unit_range_and_batch_independent():
+    model = _linear_model()
+    x = torch.randn(4, 3, 10, 10)
+    ids = [[0, 1], [2], [3], [1]]
+    batched = compute_cams(model, x, ids, "gradcam")
+    for i in range(4):
+        single = compute_cams(model, x[i : i + 1], [ids[i]], "gradcam")[0]
+        torch.testing.assert_close(batched[i], single, rtol=1e-4, atol=1e-5)
+        assert batched[i].shape[0] == len(ids[i])
+        assert float(batched[i].min()) >= 0 and float(batched[i].max()) <= 1 + 1e-6
+
+
+def test_bad_names_and_classes():
+    model = _linear_model()
+    with pytest.raises(ValueError, match="valid methods: cam, gradcam"):
+        compute_cams(model, torch.randn(1, 3, 8, 8), [[0]], "nope")
+    with pytest.raises(ValueError, match=r"class id\(s\) \[7\] outside the model's 4 outputs"):
+        compute_cams(model, torch.randn(1, 3, 8, 8), [[7]], "gradcam")
+    assert {"cam", "gradcam"} <= set(list_methods())
+
+
+def test_upsample_places_cell_centres():
+    maps = torch.zeros(1, 3, 3)
+    maps[0, 1, 1] = 1.0
+    up = upsample_maps(maps, (12, 12))[0]
+    # the centre cell covers pixels 4..7, whose centre (continuous 6.0) lies between
+    # pixels 5 and 6: the peak sits there, and the map is symmetric about it
+    assert up.shape == (12, 12)
+    peak = float(up.max())
+    assert float(up[5, 5]) == peak == float(up[6, 6]) == float(up[5, 6])
+    torch.testing.assert_close(up, up.flip(0))
+    torch.testing.assert_close(up, up.flip(1))
+    assert float(up[0, 0]) == 0.0
+    n = normalize_maps(torch.tensor([[[0.0, 2.0], [1.0, 0.0]]]))
+    assert float(n.max()) == pytest.approx(1.0, abs=1e-4)

@@ -1,0 +1,149 @@
+"""The stages end to end on a tiny built-in dataset, and their errors on bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.io import read_label_png, write_label_png
+
+from conftest import write_jpeg
+
+TINY = {
+    "data": {"builtin": {"num_train": 24, "num_val": 8, "image_size": 64, "seed": 1}},
+    "model": {"backbone": "resnet18", "weights": "none"},
+    "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
+    "cam": {"batch_size": 8, "device": "cpu"},
+    "crf": {"processes": 2, "iterations": 3},
+    "evaluate": {"num_overlays": 2},
+}
+
+
+def run_stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def write_params(cwd: Path, params: dict) -> None:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("run")
+    write_params(cwd, TINY)
+    for stage in ("prepare", "train", "cams", "postprocess", "crf", "evaluate"):
+        result = run_stage(cwd, stage)
+        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    return cwd
+
+
+def test_outputs_of_every_stage(pipeline_run):
+    cwd = pipeline_run
+    index = json.loads((cwd / "data/prepared/dataset.json").read_text())
+    train_ids = index["splits"]["train"]
+    assert len(train_ids) == 24 and len(index["splits"]["val"]) == 8
+    assert (cwd / "models/classifier.pt").is_file()
+    train = json.loads((cwd / "metrics/train.json").read_text())
+    assert set(train) >= {"loss", "val_map"} and 0 <= train["val_map"] <= 1
+    seeds = sorted((cwd / "outputs/seeds").glob("*.npz"))
+    assert len(seeds) == 24
+    with np.load(seeds[0], allow_pickle=False) as f:
+        assert f["maps"].dtype == np.float16 and f["maps"].shape[0] == len(f["class_ids"])
+        assert f["maps"].shape[1:] == (4, 4)  # 64 px at output stride 16
+    labels_dir = cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
+    assert len(list(labels_dir.glob("*.png"))) == 24
+    listed = (cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
+    assert listed == train_ids
+    for image_id in train_ids[:5]:
+        pl = read_label_png(labels_dir / f"{image_id}.png")
+        allowed = {0, 255} | {c + 1 for c in index["images"][image_id]["labels"]}
+        assert pl.shape == (64, 64) and set(np.unique(pl).tolist()) <= allowed
+    seeds_m = json.loads((cwd / "metrics/seeds.json").read_text())
+    assert 0 <= seeds_m["miou_at_best_bg"] <= 1 and 0 <= seeds_m["best_bg"] <= 0.6
+    pl_m = json.loads((cwd / "metrics/pseudo_labels.json").read_text())
+    assert set(pl_m) >= {"miou", "miou_labeled", "labeled_fraction"}
+    boxes_m = json.loads((cwd / "metrics/boxes.json").read_text())
+    assert set(boxes_m) >= {"accuracy_iou50", "mean_iou", "components_accuracy_iou50"}
+    sweep = (cwd / "plots/bg_sweep.csv").read_text().splitlines()
+    assert sweep[0] == "bg,miou" and len(sweep) == 1 + 13
+    assert len(list((cwd / "plots/overlays").glob("*.png"))) == 2
+
+
+def test_stage_rejects_unknown_method(pipeline_run, tmp_path):
+    params = dict(TINY, cam={"method": "gradcamm", "device": "cpu"})
+    write_params(pipeline_run, params)
+    try:
+        result = run_stage(pipeline_run, "cams")
+    finally:
+        write_params(pipeline_run, TINY)
+    assert result.returncode == 1
+    assert "unknown method 'gradcamm'; valid methods: cam, gradcam" in result.stderr
+
+
+def test_unknown_params_key_fails_before_writing(tmp_path):
+    write_params(tmp_path, {"data": {"sorce": "voc"}})
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 1 and "unknown key(s) sorce" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_backbone_lists_valid(tmp_path):
+    write_params(tmp_path, {"model": {"backbone": "vgg99"}})
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/dataset.json").write_text(json.dumps({"root": ".", "classes": ["a"], "splits": {"train": [], "val": []}, "images": {}}))
+    result = run_stage(tmp_path, "train")
+    assert result.returncode == 1 and "unknown backbone 'vgg99'; valid backbones:" in result.stderr
+
+
+def _voc_source(tmp_path: Path) -> Path:
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    rng = np.random.default_rng(0)
+    for i in ("a", "b", "c"):
+        write_jpeg(root / "JPEGImages" / f"{i}.jpg", rng.integers(0, 255, (20, 30, 3), dtype=np.uint8))
+        mask = np.zeros((20, 30), np.uint8)
+        if i != "c":
+            mask[5:10, 5:10] = 3
+        write_label_png(root / "SegmentationClass" / f"{i}.png", mask)
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nc\n")
+    write_params(tmp_path, {"data": {"source": "voc", "root": str(tmp_path), "val_list": "train"}})
+    return root
+
+
+def test_voc_source_skips_unlabeled_and_counts_it(tmp_path):
+    _voc_source(tmp_path)
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 image(s) with no labels: c" in result.stderr
+    index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+    assert index["splits"]["train"] == ["a", "b"] and index["skipped"]["train"] == ["c"]
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", r"JPEGImages/b.jpg: image for id 'b' not found"),
+        ("corrupt", r"JPEGImages/b.jpg: cannot decode image for id 'b'"),
+        ("mask_size", r"SegmentationClass/b.png: mask is 4x4 \(WxH\) but image"),
+    ],
+)
+def test_voc_source_bad_input_names_file_and_writes_nothing(tmp_path, damage, message):
+    root = _voc_source(tmp_path)
+    image = root / "JPEGImages" / "b.jpg"
+    if damage == "missing":
+        image.unlink()
+    elif damage == "corrupt":
+        image.write_bytes(image.read_bytes()[:150])
+    else:
+        write_label_png(root / "SegmentationClass" / "b.png", np.zeros((4, 4), np.uint8))
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 1
+    import re
+
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "data" / "prepared").exists()
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "data").glob("*")) if (tmp_path / "data").exists() else True

@@ -96,4 +96,7 @@ def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
     mask = read_label_png(mask_path)
     if mask.shape != image.shape[:2]:
         raise ValueError(f"{mask_path}: mask {mask.shape} does not match image {image_path} {image.shape[:2]}")
-    return refine_mask(image, mask, np.asarray(class_ids), params)
+    try:
+        return refine_mask(image, mask, np.asarray(class_ids), params)
+    except ValueError as err:
+        raise ValueError(f"{mask_path}: {err}") from None

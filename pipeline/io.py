@@ -12,11 +12,15 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 __all__ = [
     "atomic_path",
@@ -43,6 +47,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -55,14 +60,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    trash = path.parent / f".{path.name}.old"
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        # move the old output aside first: at every moment `path` is either the old
+        # complete output or the new complete one, never a half-deleted mix
+        if trash.exists():
+            shutil.rmtree(trash)
         if path.exists():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            os.replace(path, trash)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for leftover in (tmp, trash):
+            if leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -159,5 +171,5 @@ def load_seeds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[i
             return data["maps"], data["class_ids"], (int(size[0]), int(size[1]))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: seeds not found (run the cams stage)") from None
-    except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path}: not a seeds file ({err})") from None
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a seeds file ({err}); rerun the cams stage") from None

@@ -130,18 +130,24 @@ class BoxScore:
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """Non-interpolated AP: the mean of the precision at the rank of each positive.
+    """Non-interpolated AP: sum over score thresholds of precision times the recall step.
 
-    Ties are broken by order (stable sort on the negated scores); NaN without positives.
+    Tied scores form one threshold (as in scikit-learn's ``average_precision_score``), so
+    the result does not depend on the order of tied items. Without ties this is the mean
+    of the precision at the rank of each positive. NaN without positives.
     """
     scores = np.asarray(scores, np.float64)
     targets = np.asarray(targets).astype(bool)
     if not targets.any():
         return float("nan")
     order = np.argsort(-scores, kind="stable")
-    hits = targets[order]
-    precision = np.cumsum(hits) / np.arange(1, hits.size + 1)
-    return float(precision[hits].mean())
+    scores, hits = scores[order], targets[order]
+    # the last index of each group of equal scores
+    ends = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
+    tp = np.cumsum(hits)[ends]
+    precision = tp / (ends + 1)
+    recall_step = np.diff(np.r_[0, tp]) / targets.sum()
+    return float((precision * recall_step).sum())
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -67,14 +67,16 @@ def _get_spec(name: str) -> BackboneSpec:
 
 def _resnet_builder(name: str) -> Callable[[str | None], tuple[nn.Module, int]]:
     def build(weights: str | None) -> tuple[nn.Module, int]:
-        tv_weights = "DEFAULT" if weights == "imagenet" else None
-        try:
-            net = torchvision.models.get_model(name, weights=tv_weights)
-        except Exception as err:  # the hub download is what fails offline
-            raise RuntimeError(
-                f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
-                "model.weights to the path of the state_dict file"
-            ) from err
+        if weights != "imagenet":
+            net = torchvision.models.get_model(name, weights=None)
+        else:
+            try:
+                net = torchvision.models.get_model(name, weights="DEFAULT")
+            except (OSError, RuntimeError, ValueError) as err:  # the hub download is what fails offline
+                raise RuntimeError(
+                    f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
+                    "model.weights to the path of the state_dict file"
+                ) from err
         features = nn.Sequential(
             OrderedDict(
                 stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),

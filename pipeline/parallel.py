@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import multiprocessing as mp
 import os
-import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
 
 __all__ = ["default_processes", "parallel_map"]
@@ -25,12 +27,13 @@ def default_processes(requested: int = 0) -> int:
 
 def _init_worker() -> None:
     # each worker is one core's worth of work: keep numerical libraries single-threaded
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(1)
+
+
+def _run_chunk(fn: Callable[[J], R], chunk: list[J]) -> list[R]:
+    return [fn(job) for job in chunk]
 
 
 def parallel_map(
@@ -39,30 +42,37 @@ def parallel_map(
     *,
     processes: int = 0,
     chunksize: int = 4,
-    max_in_flight: int | None = None,
+    max_chunks_in_flight: int | None = None,
 ) -> Iterator[R]:
     """Yield ``fn(job)`` for each job, in order.
 
-    With one process it runs in this process (no pool). Otherwise a ``forkserver`` pool
-    runs it (no inherited thread state from the parent's torch), and at most
-    ``max_in_flight`` jobs are taken from ``jobs`` ahead of the consumer, so memory does
-    not grow with the number of jobs. ``fn`` must be importable (a module-level function).
+    With one process it runs here (no pool). Otherwise jobs go in chunks of
+    ``chunksize`` to a ``forkserver`` pool (no thread state inherited from the parent's
+    torch); at most ``max_chunks_in_flight`` chunks (default: 2 per process) are taken
+    from ``jobs`` ahead of the consumer, so memory does not grow with the number of
+    jobs. A job's exception is re-raised here after the pending chunks are cancelled;
+    a worker that dies raises ``BrokenProcessPool`` instead of hanging. ``fn`` must be a
+    module-level (importable) function.
     """
     processes = default_processes(processes)
     if processes == 1:
         yield from map(fn, jobs)
         return
-    max_in_flight = max_in_flight or processes * chunksize * 4
-    gate = threading.BoundedSemaphore(max_in_flight)
-
-    def gated() -> Iterator[J]:
-        for job in jobs:
-            gate.acquire()
-            yield job
-
+    limit = max_chunks_in_flight or 2 * processes
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([fn.__module__])
-    with ctx.Pool(processes, initializer=_init_worker) as pool:
-        for result in pool.imap(fn, gated(), chunksize=chunksize):
-            gate.release()
-            yield result
+    jobs = iter(jobs)
+    pending: collections.deque[Future] = collections.deque()
+    pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker)
+    try:
+        while True:
+            while len(pending) < limit:
+                chunk = list(islice(jobs, chunksize))
+                if not chunk:
+                    break
+                pending.append(pool.submit(_run_chunk, fn, chunk))
+            if not pending:
+                break
+            yield from pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

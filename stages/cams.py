@@ -52,6 +52,9 @@ def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
     model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt

@@ -52,6 +52,9 @@ def main() -> None:
     boxes = read_json(BOXES)["images"]
 
     voc = index.dataset("eval")
+    stale = [i for i in voc.ids if i not in boxes]
+    if stale:
+        raise ValueError(f"{BOXES}: no boxes for {len(stale)} eval id(s), e.g. {', '.join(stale[:5])}; rerun postprocess")
     sweep = np.zeros((thresholds.size, n, n), np.int64)
     masks_cm = np.zeros((n, n), np.int64)
     pseudo = PseudoLabelScore(n)

@@ -44,7 +44,7 @@ def main() -> None:
                 f"data.eval_list: {len(missing)} id(s) are not in data.train_list (seeds and pseudo-labels are made "
                 f"for the training ids only), e.g. {', '.join(missing[:5])}"
             )
-        index = DatasetIndex(str(final_root), classes, splits, images, skipped)
+        index = DatasetIndex(str(final_root), classes, splits, images, skipped, data.use_difficult)
         write_json(tmp / INDEX_FILE.name, index.to_dict())
     log.info("prepared %s: %s", final_root, ", ".join(f"{k} {len(v)} ids" for k, v in splits.items()))
 

@@ -60,7 +60,9 @@ def main() -> None:
             live.next_step()
             log.info("epoch %d/%d: loss %.4f, val mAP %.4f", epoch + 1, train_p.epochs, loss, val_map)
 
-    with atomic_path(CHECKPOINT) as tmp:
+    # through a file object: torch.save names the archive after a path, and the temporary
+    # path is random, so saving by path would make identical weights differ byte for byte
+    with atomic_path(CHECKPOINT) as tmp, open(tmp, "wb") as f:
         torch.save(
             {
                 "state_dict": model.state_dict(),
@@ -70,9 +72,10 @@ def main() -> None:
                 "mean": list(mean),
                 "std": list(std),
             },
-            tmp,
+            f,
         )
-    write_json(METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs, "train_seconds": round(time.perf_counter() - start, 1)})
+    write_json(METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs})
+    log.info("trained in %.0f s", time.perf_counter() - start)
 
 
 if __name__ == "__main__":

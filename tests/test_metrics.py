@@ -73,6 +73,12 @@ def test_average_precision_hand_case():
     # ranking: pos, neg, pos, neg -> precisions at positives 1/1 and 2/3
     assert average_precision([0.9, 0.8, 0.7, 0.1], [1, 0, 1, 0]) == pytest.approx((1 + 2 / 3) / 2)
     assert math.isnan(average_precision([0.1, 0.2], [0, 0]))
+    # a tie between a positive and a negative counts as one threshold whatever their order:
+    # precision 1/2 at recall 1/2 for the tied pair, then 2/3 at recall 1
+    for order in ([0, 1, 2], [1, 0, 2]):
+        scores = np.array([0.9, 0.9, 0.5])[order]
+        targets = np.array([1, 0, 1])[order]
+        assert average_precision(scores, targets) == pytest.approx(0.5 * 0.5 + 0.5 * 2 / 3)
     scores = np.array([[0.9, 0.1], [0.2, 0.8]])
     targets = np.array([[1, 0], [0, 1]])
     assert mean_average_precision(scores, targets) == 1.0

@@ -50,3 +50,12 @@ def test_weights_file_errors(tmp_path):
     torch.save(torchvision.models.resnet50().state_dict(), path)
     with pytest.raises(ValueError, match="r50.pth: does not match the backbone"):
         build_classifier("resnet18", 4, weights=str(path))
+
+
+def test_imagenet_download_failure_is_explained(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(RuntimeError, match="cannot fetch ImageNet weights for resnet50.*set model.weights to the path"):
+        build_classifier("resnet50", 3, weights="imagenet")

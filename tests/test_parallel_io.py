@@ -13,7 +13,18 @@ def square(x):
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_parallel_map_in_order(processes):
-    assert list(parallel_map(square, iter(range(50)), processes=processes, chunksize=3, max_in_flight=6)) == [x * x for x in range(50)]
+    assert list(parallel_map(square, iter(range(50)), processes=processes, chunksize=3, max_chunks_in_flight=2)) == [x * x for x in range(50)]
+
+
+def fail_on_seven(x):
+    if x == 7:
+        raise ValueError("job 7 is bad")
+    return x
+
+
+def test_parallel_map_raises_instead_of_hanging():
+    with pytest.raises(ValueError, match="job 7 is bad"):
+        list(parallel_map(fail_on_seven, range(200), processes=2, chunksize=4, max_chunks_in_flight=2))
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):

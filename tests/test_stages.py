@@ -94,7 +94,7 @@ def test_unknown_params_key_fails_before_writing(tmp_path):
 def test_unknown_backbone_lists_valid(tmp_path):
     write_params(tmp_path, {"model": {"backbone": "vgg99"}})
     (tmp_path / "data/prepared").mkdir(parents=True)
-    (tmp_path / "data/prepared/dataset.json").write_text(json.dumps({"root": ".", "classes": ["a"], "splits": {"train": [], "val": []}, "images": {}}))
+    (tmp_path / "data/prepared/dataset.json").write_text(json.dumps({"root": ".", "classes": ["a"], "splits": {"train": [], "val": []}, "images": {}, "skipped": {}, "use_difficult": False}))
     result = run_stage(tmp_path, "train")
     assert result.returncode == 1 and "unknown backbone 'vgg99'; valid backbones:" in result.stderr
 

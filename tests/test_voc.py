@@ -109,3 +109,22 @@ def test_index_verifies_corrupt_image(voc_root):
     path.write_bytes(path.read_bytes()[:300])
     with pytest.raises(DatasetError, match=r"b\.jpg"):
         index_split(VOCDataset(voc_root, "train"), verify_images=True)
+
+
+SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "voc2012_sample"
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real VOC sample not present at {SAMPLE} (optional data)")
+def test_real_voc_sample_matches_its_readme():
+    """Class presence counts published in shared/voc2012_sample/README.md."""
+    import collections
+
+    ds = VOCDataset(SAMPLE, "val")
+    entries, skipped = index_split(ds, verify_images=False)
+    assert len(entries) == 300 and skipped == []
+    per_image = collections.Counter(len(e["labels"]) for e in entries.values())
+    assert dict(per_image) == {1: 184, 2: 85, 3: 25, 4: 4, 5: 2}
+    presence = collections.Counter(ds.classes[c] for e in entries.values() for c in e["labels"])
+    assert presence["person"] == 92 and presence["sheep"] == 7 and presence["bus"] == 11
+    s = ds[0]
+    assert s.mask.shape == s.image.shape[:2] and len(s.boxes) == len(s.box_labels) > 0

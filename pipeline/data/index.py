@@ -45,8 +45,17 @@ class DatasetIndex:
     mAP) and ``eval`` (scoring) to id lists; ``images`` maps each id to its labels and size.
     """
 
-    def __init__(self, root: str, classes: Sequence[str], splits: dict[str, list[str]], images: dict[str, dict], skipped: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        classes: Sequence[str],
+        splits: dict[str, list[str]],
+        images: dict[str, dict],
+        skipped: dict[str, list[str]] | None = None,
+        use_difficult: bool = False,
+    ) -> None:
         self.root = root
+        self.use_difficult = use_difficult
         self.classes = tuple(classes)
         self.splits = splits
         self.images = images
@@ -56,6 +65,7 @@ class DatasetIndex:
         return {
             "root": self.root,
             "classes": list(self.classes),
+            "use_difficult": self.use_difficult,
             "splits": self.splits,
             "skipped": self.skipped,
             "images": self.images,
@@ -64,13 +74,15 @@ class DatasetIndex:
     @classmethod
     def from_dict(cls, data: dict, where: str = "dataset index") -> "DatasetIndex":
         try:
-            return cls(data["root"], data["classes"], data["splits"], data["images"], data.get("skipped"))
+            return cls(
+                data["root"], data["classes"], data["splits"], data["images"], data["skipped"], data["use_difficult"]
+            )
         except (KeyError, TypeError) as err:
             raise DatasetError(f"{where}: not a dataset index ({err}); rerun the prepare stage") from None
 
     def dataset(self, split: str) -> VOCDataset:
         """The VOC reader over one split's ids."""
-        return VOCDataset(self.root, self.splits[split], classes=self.classes)
+        return VOCDataset(self.root, self.splits[split], classes=self.classes, use_difficult=self.use_difficult)
 
     def labels(self, image_id: str) -> list[int]:
         return self.images[image_id]["labels"]

@@ -1,22 +1,42 @@
 """Class activation maps: one core, one weighting function per method.
 
-The core runs the backbone once without autograd, then takes gradients of the
-class scores only down to the target feature map: the backbone is never
-back-propagated through and no parameter gradient is formed. (pytorch-grad-cam
-runs a full backward per class; FINDINGS.md measured the same maps at about a
-quarter of the cost this way.)
+The core runs the network once with autograd off up to the target feature map,
+switches autograd on from there, and takes gradients of the class scores only
+down to that map: the layers below it are never back-propagated through and no
+parameter gradient is formed. (pytorch-grad-cam runs a full backward per class;
+FINDINGS.md measured the same maps at about a quarter of the cost this way.)
 
-Methods, registered by name:
+Methods, registered by name (:func:`list_methods`):
 
-* ``cam`` - Zhou et al., "Learning Deep Features for Discriminative Localization",
-  CVPR 2016, https://arxiv.org/abs/1512.04150: the linear head's weights.
-* ``gradcam`` - Selvaraju et al., "Grad-CAM", ICCV 2017, https://arxiv.org/abs/1610.02391:
+* ``cam`` - Zhou et al., CVPR 2016, https://arxiv.org/abs/1512.04150: the linear
+  head's weights (needs global average pooling and one linear layer).
+* ``gradcam`` - Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391:
   channel weights are the spatial mean of the score's gradient.
+* ``counterfactual`` - the same paper, Sec. 6: the negated gradient, i.e. the
+  regions whose removal would raise the score (evidence against the class).
+* ``gradcampp`` - Chattopadhay et al., WACV 2018, https://arxiv.org/abs/1710.11063:
+  the closed-form alphas for an exponential score exp(S), which reduce to powers
+  of the first-order gradient.
+* ``xgradcam`` - Fu et al., BMVC 2020, https://arxiv.org/abs/2008.02312: gradients
+  weighted by the normalised activations.
+* ``layercam`` - Jiang et al., TIP 2021: element-wise positive gradients; valid on
+  earlier layers, so several layers may be fused.
+* ``scorecam`` - Wang et al., CVPRW 2020, https://arxiv.org/abs/1910.01279:
+  gradient-free; each channel, upsampled and min-max scaled, masks the input, and
+  the class scores of the masked images (softmax over channels) weight the channels.
+* ``saliency`` - Simonyan et al., 2014, https://arxiv.org/abs/1312.6034: the
+  absolute input gradient (max over colour channels), at input resolution.
+
+Any method can be wrapped in SmoothGrad (Smilkov et al. 2017,
+https://arxiv.org/abs/1706.03825): ``smooth_samples`` noisy copies of the input,
+Gaussian noise of ``smooth_sigma`` times the input's value range, maps averaged.
+``saliency`` with SmoothGrad is the ``smoothgrad`` map.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
@@ -25,9 +45,13 @@ from torch import nn
 
 __all__ = [
     "CamModel",
+    "CamContext",
     "register_method",
     "list_methods",
+    "list_layers",
     "compute_cams",
+    "explain",
+    "multiscale_cams",
     "normalize_maps",
     "upsample_maps",
     "eval_mode",
@@ -35,28 +59,51 @@ __all__ = [
 
 
 class CamModel(Protocol):
-    """What the core needs of a model: image -> target feature map -> logits."""
+    """What the fast path needs of a model: image -> last feature map -> logits."""
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
-# A weighting function gets the features A (N, C, h, w), the gradients of each
-# requested score with respect to A (K, N, C, h, w) or None, the model and the
-# class ids (N, K); it returns raw maps (N, K, h, w) before ReLU and normalisation.
-WeightFn = Callable[[torch.Tensor, "torch.Tensor | None", nn.Module, torch.Tensor], torch.Tensor]
+@dataclasses.dataclass
+class CamContext:
+    """Everything a weighting function may use.
 
-_METHODS: dict[str, tuple[WeightFn, bool]] = {}
+    ``features``: the target feature map ``A`` (N, C, h, w), detached.
+    ``grads``: d score / d A for each requested class, (K, N, C, h, w), or None for
+    gradient-free methods. ``class_ids``: (N, K). ``images``: the network input.
+    ``batch_size``: how many masked images ``scorecam`` forwards at once.
+    """
+
+    model: nn.Module
+    images: torch.Tensor
+    features: torch.Tensor
+    grads: torch.Tensor | None
+    class_ids: torch.Tensor
+    batch_size: int = 32
 
 
-def register_method(name: str, *, needs_gradients: bool) -> Callable[[WeightFn], WeightFn]:
+WeightFn = Callable[[CamContext], torch.Tensor]  # returns raw maps (N, K, h, w)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Method:
+    fn: WeightFn
+    needs_gradients: bool
+    input_resolution: bool = False
+
+
+_METHODS: dict[str, _Method] = {}
+
+
+def register_method(name: str, *, needs_gradients: bool, input_resolution: bool = False) -> Callable[[WeightFn], WeightFn]:
     """Register a weighting function under ``name``; duplicate names are refused."""
 
     def wrap(fn: WeightFn) -> WeightFn:
         if name in _METHODS:
             raise ValueError(f"CAM method {name!r} is already registered")
-        _METHODS[name] = (fn, needs_gradients)
+        _METHODS[name] = _Method(fn, needs_gradients, input_resolution)
         return fn
 
     return wrap
@@ -66,26 +113,95 @@ def list_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def _get_method(name: str) -> tuple[WeightFn, bool]:
+def _get_method(name: str) -> _Method:
     try:
         return _METHODS[name]
     except KeyError:
         raise ValueError(f"unknown CAM method {name!r}; valid methods: {', '.join(list_methods())}") from None
 
 
+def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """(K, N, C) channel weights and (N, C, h, w) features -> (N, K, h, w)."""
+    return torch.einsum("knc,nchw->nkhw", weights, features)
+
+
 @register_method("cam", needs_gradients=False)
-def _cam(features: torch.Tensor, grads: torch.Tensor | None, model: nn.Module, class_ids: torch.Tensor) -> torch.Tensor:
-    head = getattr(model, "head", None)
+def _cam(ctx: CamContext) -> torch.Tensor:
+    head = getattr(ctx.model, "head", None)
     if not isinstance(head, nn.Linear):
         raise ValueError("method 'cam' needs a model whose `head` is one nn.Linear after global average pooling")
-    weights = head.weight[class_ids]  # (N, K, C)
-    return torch.einsum("nkc,nchw->nkhw", weights, features)
+    return torch.einsum("nkc,nchw->nkhw", head.weight[ctx.class_ids], ctx.features)
 
 
 @register_method("gradcam", needs_gradients=True)
-def _gradcam(features: torch.Tensor, grads: torch.Tensor | None, model: nn.Module, class_ids: torch.Tensor) -> torch.Tensor:
-    alpha = grads.mean(dim=(3, 4))  # (K, N, C)
-    return torch.einsum("knc,nchw->nkhw", alpha, features)
+def _gradcam(ctx: CamContext) -> torch.Tensor:
+    return _weighted_sum(ctx.grads.mean(dim=(3, 4)), ctx.features)
+
+
+@register_method("counterfactual", needs_gradients=True)
+def _counterfactual(ctx: CamContext) -> torch.Tensor:
+    return _weighted_sum(-ctx.grads.mean(dim=(3, 4)), ctx.features)
+
+
+@register_method("gradcampp", needs_gradients=True)
+def _gradcampp(ctx: CamContext) -> torch.Tensor:
+    # With Y = exp(S): dY/dA = Y g, d2Y/dA2 = Y g^2, d3Y/dA3 = Y g^3 (g = dS/dA, higher
+    # derivatives of S taken as zero, exact for a piecewise-linear network), so
+    # alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), and w = sum_ij alpha relu(g) up to the
+    # positive factor Y, which per-class normalisation removes.
+    g = ctx.grads
+    g2 = g * g
+    a_sum = ctx.features.sum(dim=(2, 3))[None, :, :, None, None]  # (1, N, C, 1, 1)
+    denom = 2 * g2 + a_sum * g2 * g
+    alpha = torch.where(g != 0, g2 / (denom + 1e-6), torch.zeros_like(g))
+    weights = (alpha * F.relu(g)).sum(dim=(3, 4))
+    return _weighted_sum(weights, ctx.features)
+
+
+@register_method("xgradcam", needs_gradients=True)
+def _xgradcam(ctx: CamContext) -> torch.Tensor:
+    a = ctx.features
+    norm = a / (a.sum(dim=(2, 3), keepdim=True) + 1e-7)
+    weights = (ctx.grads * norm[None]).sum(dim=(3, 4))
+    return _weighted_sum(weights, a)
+
+
+@register_method("layercam", needs_gradients=True)
+def _layercam(ctx: CamContext) -> torch.Tensor:
+    return (F.relu(ctx.grads) * ctx.features[None]).sum(dim=2).permute(1, 0, 2, 3)
+
+
+@register_method("scorecam", needs_gradients=False)
+def _scorecam(ctx: CamContext) -> torch.Tensor:
+    images, a = ctx.images, ctx.features
+    n, c = a.shape[:2]
+    # pytorch-grad-cam and the paper's code upsample with corner alignment
+    up = F.interpolate(a, size=images.shape[-2:], mode="bilinear", align_corners=True)
+    lo = up.amin(dim=(2, 3), keepdim=True)
+    hi = up.amax(dim=(2, 3), keepdim=True)
+    up = (up - lo) / (hi - lo + 1e-8)
+    scores = torch.empty(n, c, ctx.class_ids.shape[1], device=a.device, dtype=a.dtype)
+    with torch.no_grad():
+        for i in range(n):
+            for start in range(0, c, ctx.batch_size):
+                masks = up[i, start : start + ctx.batch_size, None]  # (B, 1, H, W)
+                logits = ctx.model(images[i : i + 1] * masks)  # one forward scores every class
+                scores[i, start : start + masks.shape[0]] = logits[:, ctx.class_ids[i]]
+    weights = torch.softmax(scores, dim=1).permute(2, 0, 1)  # (K, N, C)
+    return _weighted_sum(weights, a)
+
+
+@register_method("saliency", needs_gradients=False, input_resolution=True)
+def _saliency(ctx: CamContext) -> torch.Tensor:
+    # the input gradient needs the backward through the whole network, by definition
+    x = ctx.images.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = ctx.model(x).gather(1, ctx.class_ids)
+        maps = [
+            torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k < scores.shape[1] - 1)[0].abs().amax(dim=1)
+            for k in range(scores.shape[1])
+        ]
+    return torch.stack(maps, dim=1)
 
 
 @contextlib.contextmanager
@@ -114,14 +230,22 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     Bilinear with ``align_corners=False`` puts each feature cell's value at the centre of
     the image region it covers; FINDINGS.md measured this 2 mIoU above IRN's
-    upsample-to-a-stride-multiple-then-crop placement.
+    upsample-to-a-stride-multiple-then-crop placement, and on the built-in dataset it
+    beat placing cell i at pixel ``stride * i`` by 10 mIoU (0.559 vs 0.461).
     """
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
     squeeze = maps.dim() == 3
     out = F.interpolate(maps[None] if squeeze else maps, size=size, mode="bilinear", align_corners=False)
     return out[0] if squeeze else out
 
 
-def _pad_class_ids(class_ids: Sequence[torch.Tensor] | torch.Tensor, num_outputs: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
+def list_layers(model: nn.Module) -> list[str]:
+    """Names of the model's modules, any of which can be a target layer."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _pad_class_ids(class_ids: Sequence | torch.Tensor, num_outputs: int, device: torch.device) -> tuple[torch.Tensor, list[int]]:
     if isinstance(class_ids, torch.Tensor) and class_ids.dim() == 2:
         rows = list(class_ids)
     else:
@@ -137,58 +261,217 @@ def _pad_class_ids(class_ids: Sequence[torch.Tensor] | torch.Tensor, num_outputs
     return padded, counts
 
 
+def _forward_to_layers(model: nn.Module, images: torch.Tensor, layers: Sequence[str] | None, need_grads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Feature maps at ``layers`` (or the model's last feature map) and the logits.
+
+    Autograd is off below the first target layer and on from it upwards (when
+    ``need_grads``): the target maps are the only leaves gradients flow into.
+    """
+    if layers is None:
+        if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+            raise ValueError("the model has no forward_features/forward_head: name a target layer (see list_layers)")
+        with torch.no_grad():
+            features = model.forward_features(images)
+        features = features.detach().requires_grad_(need_grads)
+        with torch.set_grad_enabled(need_grads):
+            logits = model.forward_head(features)
+        return [features], logits
+
+    modules = dict(model.named_modules())
+    unknown = [name for name in layers if name not in modules]
+    if unknown:
+        raise ValueError(f"unknown target layer(s) {', '.join(unknown)}; valid layers: {', '.join(list_layers(model))}")
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor) or output.dim() != 4:
+                raise ValueError(f"target layer {name!r} must output an (N, C, h, w) tensor")
+            if not captured:  # the first target reached: autograd starts here
+                output = output.detach().requires_grad_(need_grads)
+                torch.set_grad_enabled(need_grads)
+            captured[name] = output
+            return output
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(make_hook(name)) for name in layers]
+    try:
+        with torch.no_grad():  # restores the grad mode on exit, whatever the hooks set
+            logits = model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in captured]
+    if missing:
+        raise ValueError(f"target layer(s) {', '.join(missing)} did not run in the forward pass")
+    return [captured[name] for name in layers], logits
+
+
 def compute_cams(
     model: nn.Module,
     images: torch.Tensor,
-    class_ids: Sequence[torch.Tensor] | torch.Tensor,
+    class_ids: Sequence | torch.Tensor,
     method: str = "gradcam",
     *,
+    layers: Sequence[str] | None = None,
     normalize: bool = True,
+    scorecam_batch_size: int = 32,
 ) -> list[torch.Tensor]:
-    """Class activation maps at feature resolution.
+    """Class activation maps at the target layer's resolution.
 
     Args:
-        model: has ``forward_features`` and ``forward_head`` (see :class:`CamModel`).
+        model: a classifier returning logits; with ``layers=None`` it must have
+            ``forward_features`` and ``forward_head`` (see :class:`CamModel`).
         images: ``(N, 3, H, W)``, already normalised, on the model's device.
-        class_ids: for each image, the class indices to explain (a sequence of 1-D tensors
-            or lists, or an ``(N, K)`` tensor).
+        class_ids: for each image, the class indices to explain (a sequence of 1-D
+            tensors or lists, or an ``(N, K)`` tensor).
         method: a registered method name (:func:`list_methods`).
+        layers: target layer names (:func:`list_layers`); None is the last feature map.
+            With several layers, each map is ReLU'd, scaled to a maximum of 1, resized to
+            the finest layer's resolution and averaged.
         normalize: ReLU each map and scale it to a maximum of 1.
+        scorecam_batch_size: masked images per forward for ``scorecam``.
 
     Returns:
-        One ``(K_i, h, w)`` tensor per image, on the images' device.
+        One ``(K_i, h, w)`` tensor per image (input resolution for ``saliency``).
     """
-    weight_fn, needs_gradients = _get_method(method)
+    spec = _get_method(method)
     if images.dim() != 4:
         raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    layers = list(layers) if layers else None
     with eval_mode(model):
+        feats, logits = _forward_to_layers(model, images, layers, spec.needs_gradients)
+        padded, counts = _pad_class_ids(class_ids, logits.shape[1], images.device)
+        grads_per_layer: list[torch.Tensor | None] = [None] * len(feats)
+        if spec.needs_gradients:
+            scores = logits.gather(1, padded)  # (N, K)
+            k_total = padded.shape[1]
+            # images are independent in eval mode, so the gradient of the batch sum of
+            # column k is each image's own gradient for its k-th class
+            per_k = [torch.autograd.grad(scores[:, k].sum(), feats, retain_graph=k < k_total - 1) for k in range(k_total)]
+            grads_per_layer = [torch.stack([g[i] for g in per_k]) for i in range(len(feats))]
         with torch.no_grad():
-            features = model.forward_features(images)
-        padded, counts = _pad_class_ids(class_ids, _num_outputs(model, features), images.device)
-        grads = None
-        if needs_gradients:
-            features = features.detach().requires_grad_(True)
-            with torch.enable_grad():
-                scores = model.forward_head(features).gather(1, padded)  # (N, K)
-                # images are independent in eval mode, so the gradient of the batch sum of
-                # column k is each image's own gradient for its k-th class
-                grads = torch.stack(
-                    [
-                        torch.autograd.grad(scores[:, k].sum(), features, retain_graph=k < padded.shape[1] - 1)[0]
-                        for k in range(padded.shape[1])
-                    ]
-                )
-            features = features.detach()
-        with torch.no_grad():
-            maps = weight_fn(features, grads, model, padded)
-            if normalize:
-                maps = normalize_maps(F.relu(maps))
-    return [m[:k] for m, k in zip(maps, counts)]
+            maps = []
+            for a, g in zip(feats, grads_per_layer):
+                ctx = CamContext(model, images, a.detach(), g, padded, scorecam_batch_size)
+                m = spec.fn(ctx)
+                maps.append(normalize_maps(F.relu(m)) if normalize or len(feats) > 1 else m)
+            if len(maps) > 1:
+                size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+                fused = torch.stack([upsample_maps(m, tuple(size)) for m in maps]).mean(dim=0)
+                maps = [normalize_maps(fused) if normalize else fused]
+    return [m[:k] for m, k in zip(maps[0], counts)]
 
 
-def _num_outputs(model: nn.Module, features: torch.Tensor) -> int:
+def explain(
+    model: nn.Module,
+    images: torch.Tensor,
+    class_ids: Sequence | torch.Tensor,
+    method: str = "gradcam",
+    *,
+    layers: Sequence[str] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    smooth_samples: int = 0,
+    smooth_sigma: float = 0.15,
+    output_size: tuple[int, int] | None = None,
+    scorecam_batch_size: int = 32,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """The public entry point: one ``(K, H, W)`` map in [0, 1] per image.
+
+    Args:
+        model, images, class_ids, method, layers: as in :func:`compute_cams`.
+        scales, flip: test-time aggregation (:func:`multiscale_cams`); IRN uses
+            ``scales=(1.0, 0.5, 1.5, 2.0), flip=True``.
+        smooth_samples: SmoothGrad copies per image (0: off).
+        smooth_sigma: noise standard deviation as a fraction of the input's value range.
+        output_size: ``(H, W)`` of the returned maps; default the input size.
+        generator: seeds the SmoothGrad noise.
+    """
+    size = output_size or tuple(images.shape[-2:])
+    maps = multiscale_cams(
+        model, images, class_ids, method, layers=layers, scales=scales, flip=flip, output_size=size,
+        smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, scorecam_batch_size=scorecam_batch_size,
+        generator=generator,
+    )
+    return maps
+
+
+def _smoothed(model, images, padded, method, layers, samples, sigma, scorecam_batch_size, generator) -> torch.Tensor:
+    """Raw (ReLU'd, unnormalised) maps (N, K, h, w), averaged over SmoothGrad copies."""
+    if samples <= 0:
+        maps = compute_cams(model, images, padded, method, layers=layers, normalize=False, scorecam_batch_size=scorecam_batch_size)
+        return F.relu(torch.stack(maps))
+    n = images.shape[0]
+    span = (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))).view(1, n, 1, 1, 1)
+    noise = torch.randn((samples, *images.shape), generator=generator, device="cpu").to(images.device, images.dtype)
+    noisy = (images[None] + noise * sigma * span).reshape(samples * n, *images.shape[1:])
+    maps = compute_cams(model, noisy, padded.repeat(samples, 1), method, layers=layers, normalize=False, scorecam_batch_size=scorecam_batch_size)
+    return F.relu(torch.stack(maps)).reshape(samples, n, *maps[0].shape).mean(dim=0)
+
+
+def multiscale_cams(
+    model: nn.Module,
+    images: torch.Tensor,
+    class_ids: Sequence | torch.Tensor,
+    method: str = "gradcam",
+    *,
+    layers: Sequence[str] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    output_size: tuple[int, int] | None = None,
+    smooth_samples: int = 0,
+    smooth_sigma: float = 0.15,
+    scorecam_batch_size: int = 32,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Maps aggregated over input scales and a horizontal flip (IRN's protocol).
+
+    Each scale is one batched call (the flipped copies ride in the same batch); the
+    ReLU'd raw maps are flipped back, resized to ``output_size`` (default: the
+    scale-1 map's size), summed over scales and flips, and scaled to a maximum of 1
+    per class.
+
+    Returns:
+        One ``(K_i, h, w)`` tensor per image.
+    """
+    if not scales:
+        raise ValueError("scales must not be empty")
+    n, _, h, w = images.shape
+    padded, counts = _pad_class_ids(class_ids, _num_outputs(model, images), images.device)
+    total = None
+    for scale in scales:
+        x = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        ids = padded
+        if flip:
+            x = torch.cat([x, x.flip(-1)])
+            ids = torch.cat([padded, padded])
+        maps = _smoothed(model, x, ids, method, layers, smooth_samples, smooth_sigma, scorecam_batch_size, generator)
+        if flip:
+            maps = maps[:n] + maps[n:].flip(-1)
+        if output_size is None:
+            output_size = tuple(maps.shape[-2:]) if scale == 1.0 else _scaled_size(model, images, layers, method)
+        maps = upsample_maps(maps, output_size)
+        total = maps if total is None else total + maps
+    total = normalize_maps(total)
+    return [m[:k] for m, k in zip(total, counts)]
+
+
+def _scaled_size(model, images, layers, method) -> tuple[int, int]:
+    """The map size at scale 1, when scale 1 is not among the scales."""
+    with torch.no_grad(), eval_mode(model):
+        feats, _ = _forward_to_layers(model, images[:1], list(layers) if layers else None, False)
+    return tuple(feats[0].shape[-2:]) if not _get_method(method).input_resolution else tuple(images.shape[-2:])
+
+
+def _num_outputs(model: nn.Module, images: torch.Tensor) -> int:
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return head.out_features
-    with torch.no_grad():
-        return int(model.forward_head(features[:1]).shape[1])
+    num_classes = getattr(model, "num_classes", None)
+    if isinstance(num_classes, int):
+        return num_classes
+    with torch.no_grad(), eval_mode(model):
+        return int(model(images[:1]).shape[1])

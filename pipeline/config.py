@@ -91,6 +91,13 @@ class CamParams:
     """Seed generation (``cam``)."""
 
     method: str = "gradcam"
+    layers: tuple[str, ...] = ()  # target layers by name; empty: the last feature map
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # IRN's test-time scales
+    flip: bool = True
+    smooth_samples: int = 0  # SmoothGrad copies (0: off)
+    smooth_sigma: float = 0.15  # noise std as a fraction of the input's value range
+    store_stride: int = 4  # seeds are stored at 1/store_stride of the image size
+    scorecam_batch_size: int = 64
     batch_size: int = 16
     device: str = "auto"
 

@@ -23,6 +23,8 @@ __all__ = [
     "IMAGENET_STD",
     "BackboneSpec",
     "CamClassifier",
+    "FCHeadClassifier",
+    "TimmClassifier",
     "register_backbone",
     "list_backbones",
     "build_classifier",
@@ -36,16 +38,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone: ``build(weights)`` returns ``(features, channels)``
-    where ``weights`` is ``"imagenet"`` or None; ``stride`` is its native output stride."""
+    """How to build one classifier: ``build(num_classes, weights, output_stride)`` returns a
+    module with ``forward_features`` and ``forward_head``; ``weights`` is ``"imagenet"``,
+    ``"none"`` or a path. ``strides``: the output strides it supports."""
 
-    build: Callable[[str | None], tuple[nn.Module, int]]
-    stride: int
+    build: Callable[[int, str, int], nn.Module]
+    strides: tuple[int, ...] = (16, 32)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
+TIMM_PREFIX = "timm:"
 
 
 def register_backbone(name: str, spec: BackboneSpec) -> None:
@@ -55,28 +59,57 @@ def register_backbone(name: str, spec: BackboneSpec) -> None:
 
 
 def list_backbones() -> list[str]:
+    """Registered names; any timm model is also valid as ``timm:<name>``."""
     return sorted(_BACKBONES)
 
 
 def _get_spec(name: str) -> BackboneSpec:
+    if name.startswith(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX):])
     try:
         return _BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}") from None
+        raise ValueError(
+            f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}, or timm:<name> for a timm model"
+        ) from None
 
 
-def _resnet_builder(name: str) -> Callable[[str | None], tuple[nn.Module, int]]:
-    def build(weights: str | None) -> tuple[nn.Module, int]:
-        if weights != "imagenet":
-            net = torchvision.models.get_model(name, weights=None)
-        else:
-            try:
-                net = torchvision.models.get_model(name, weights="DEFAULT")
-            except (OSError, RuntimeError, ValueError) as err:  # the hub download is what fails offline
-                raise RuntimeError(
-                    f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
-                    "model.weights to the path of the state_dict file"
-                ) from err
+def _torchvision_net(name: str, weights: str) -> nn.Module:
+    if weights != "imagenet":
+        return torchvision.models.get_model(name, weights=None)
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT")
+    except (OSError, RuntimeError, ValueError) as err:  # the hub download is what fails offline
+        raise RuntimeError(
+            f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
+            "model.weights to the path of the state_dict file"
+        ) from err
+
+
+def _load_state_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"model.weights: {path} is neither 'imagenet', 'none' nor an existing file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: does not match the backbone: {err}") from None
+
+
+def _resnet_builder(name: str) -> Callable[[int, str, int], nn.Module]:
+    def build(num_classes: int, weights: str, output_stride: int) -> nn.Module:
+        net = _torchvision_net(name, weights)
+        if weights not in ("imagenet", "none"):
+            path = Path(weights)
+            state = {k: v for k, v in _load_state_file(path).items() if not k.startswith("fc.")}
+            state.update({k: v for k, v in net.state_dict().items() if k.startswith("fc.")})
+            _load_strict(net, state, path)
         features = nn.Sequential(
             OrderedDict(
                 stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),
@@ -86,13 +119,33 @@ def _resnet_builder(name: str) -> Callable[[str | None], tuple[nn.Module, int]]:
                 layer4=net.layer4,
             )
         )
-        return features, net.fc.in_features
+        if output_stride == 16:
+            dilate_last_stage(features.layer4)
+        return CamClassifier(features, net.fc.in_features, num_classes)
 
     return build
 
 
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101"):
-    register_backbone(_name, BackboneSpec(build=_resnet_builder(_name), stride=32))
+    register_backbone(_name, BackboneSpec(build=_resnet_builder(_name)))
+
+
+def _build_vgg16(num_classes: int, weights: str, output_stride: int) -> nn.Module:
+    net = _torchvision_net("vgg16", weights)
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        state = {k: v for k, v in _load_state_file(path).items() if not k.startswith("classifier.6.")}
+        state.update({k: v for k, v in net.state_dict().items() if k.startswith("classifier.6.")})
+        _load_strict(net, state, path)
+    features = net.features
+    if output_stride == 16:  # drop the last max-pool: stride 16, the FC head still sees 7x7 after pooling
+        features = nn.Sequential(*list(features.children())[:-1])
+    classifier = list(net.classifier.children())
+    classifier[-1] = nn.Linear(classifier[-1].in_features, num_classes)
+    return FCHeadClassifier(features, nn.Sequential(net.avgpool, nn.Flatten(1), *classifier), num_classes)
+
+
+register_backbone("vgg16", BackboneSpec(build=_build_vgg16))
 
 
 def dilate_last_stage(stage: nn.Module, dilation: int = 2) -> None:
@@ -126,6 +179,7 @@ class CamClassifier(nn.Module):
         super().__init__()
         self.features = features
         self.head = nn.Linear(channels, num_classes)
+        self.num_classes = num_classes
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images)
@@ -137,25 +191,75 @@ class CamClassifier(nn.Module):
         return self.forward_head(self.forward_features(images))
 
 
-def _load_backbone_file(features: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"model.weights: {path} is neither 'imagenet', 'none' nor an existing file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    # a torchvision ResNet state_dict: rename its flat keys onto our stages, drop its fc head
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith("fc."):
-            continue
-        first = key.split(".")[0]
-        if first in ("conv1", "bn1"):
-            key = "stem." + {"conv1": "0", "bn1": "1"}[first] + key[len(first):]
-        renamed[key] = value
-    try:
-        features.load_state_dict(renamed, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: does not match the backbone: {err}") from None
+class FCHeadClassifier(nn.Module):
+    """``features`` -> any ``head`` (VGG's pooling and fully connected layers): Grad-CAM
+    differs from CAM here, the Grad-CAM paper's own case."""
+
+    def __init__(self, features: nn.Module, head: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.classifier = head
+        self.num_classes = num_classes
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+class TimmClassifier(nn.Module):
+    """A timm model through its own ``forward_features`` / ``forward_head``."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.num_classes = net.num_classes
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(images)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+
+    def build(num_classes: int, weights: str, output_stride: int) -> nn.Module:
+        kwargs = {} if output_stride == 32 else {"output_stride": output_stride}
+        if weights == "imagenet":
+            try:
+                net = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+            except Exception as err:  # any hub failure; re-raised with what to do instead
+                raise RuntimeError(
+                    f"cannot fetch pretrained weights for timm:{name} ({err}); set model.weights to a local state_dict"
+                ) from err
+            return TimmClassifier(net)
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+        if weights != "none":
+            path = Path(weights)
+            head = net.pretrained_cfg.get("classifier", "")
+            heads = head if isinstance(head, (list, tuple)) else [head]
+            own = net.state_dict()
+            state = {k: v for k, v in _load_state_file(path).items() if not any(k.startswith(h + ".") for h in heads)}
+            state.update({k: v for k, v in own.items() if any(k.startswith(h + ".") for h in heads)})
+            _load_strict(net, state, path)
+        return TimmClassifier(net)
+
+    cfg = timm.get_pretrained_cfg(name)
+    mean = tuple(getattr(cfg, "mean", IMAGENET_MEAN) or IMAGENET_MEAN) if cfg else IMAGENET_MEAN
+    std = tuple(getattr(cfg, "std", IMAGENET_STD) or IMAGENET_STD) if cfg else IMAGENET_STD
+    return BackboneSpec(build=build, mean=mean, std=std)
 
 
 def build_classifier(
@@ -164,26 +268,20 @@ def build_classifier(
     *,
     weights: str = "none",
     output_stride: int = 16,
-) -> CamClassifier:
+) -> nn.Module:
     """Build a multi-label classifier for CAM.
 
     Args:
-        backbone: a registered name (see :func:`list_backbones`).
+        backbone: a registered name (:func:`list_backbones`) or ``timm:<name>``.
         num_classes: number of outputs.
-        weights: ``"imagenet"``, ``"none"``, or a path to a torchvision state_dict of the backbone.
-        output_stride: 32 (native) or 16 (last stage dilated, as in IRN and DeepLab).
+        weights: ``"imagenet"``, ``"none"``, or a path to a state_dict of the backbone's
+            network (its ImageNet classifier is dropped).
+        output_stride: 16 (the last stage dilated, as in IRN and DeepLab) or 32.
     """
     spec = _get_spec(backbone)
-    if output_stride not in (spec.stride, spec.stride // 2):
-        raise ValueError(f"output_stride must be {spec.stride} or {spec.stride // 2} for {backbone}, got {output_stride}")
-    if weights not in ("imagenet", "none") and not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"model.weights must be 'imagenet', 'none' or a path, got {weights!r}")
-    features, channels = spec.build("imagenet" if weights == "imagenet" else None)
-    if weights not in ("imagenet", "none"):
-        _load_backbone_file(features, Path(weights))
-    if output_stride == spec.stride // 2:
-        dilate_last_stage(list(features.children())[-1])
-    return CamClassifier(features, channels, num_classes)
+    if output_stride not in spec.strides:
+        raise ValueError(f"output_stride must be one of {spec.strides} for {backbone}, got {output_stride}")
+    return spec.build(num_classes, str(weights), output_stride)
 
 
 def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

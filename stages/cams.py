@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.cams import compute_cams, list_methods
+from pipeline.cams import list_methods, multiscale_cams
 from pipeline.data.index import DatasetIndex
 from pipeline.io import atomic_dir, save_seeds
 from pipeline.models import build_classifier
@@ -73,11 +73,18 @@ def main() -> None:
     data = _Images(index, ckpt["mean"], ckpt["std"])
     batches = size_grouped_batches(index, data.voc.ids, cam_p.batch_size)
     loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, pin_memory=device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)  # SmoothGrad noise
     with atomic_dir(OUT) as tmp:
         bar = tqdm(total=len(data), desc=f"seeds ({cam_p.method})", unit="img")
         for images, labels, ids in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            maps = compute_cams(model, images, [l.to(device) for l in labels], cam_p.method)
+            h, w = images.shape[-2:]
+            out_size = (-(-h // cam_p.store_stride), -(-w // cam_p.store_stride))
+            maps = multiscale_cams(
+                model, images, [l.to(device) for l in labels], cam_p.method, layers=cam_p.layers or None,
+                scales=cam_p.scales, flip=cam_p.flip, output_size=out_size, smooth_samples=cam_p.smooth_samples,
+                smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
+            )
             for image_id, m, l in zip(ids, maps, labels):
                 save_seeds(tmp / f"{image_id}.npz", m.half().cpu().numpy(), l.numpy(), index.size(image_id))
             bar.update(len(ids))

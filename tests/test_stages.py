@@ -17,7 +17,7 @@ TINY = {
     "data": {"builtin": {"num_train": 24, "num_val": 8, "image_size": 64, "seed": 1}},
     "model": {"backbone": "resnet18", "weights": "none"},
     "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
-    "cam": {"batch_size": 8, "device": "cpu"},
+    "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
     "crf": {"processes": 2, "iterations": 3},
     "evaluate": {"num_overlays": 2},
 }
@@ -53,7 +53,7 @@ def test_outputs_of_every_stage(pipeline_run):
     assert len(seeds) == 24
     with np.load(seeds[0], allow_pickle=False) as f:
         assert f["maps"].dtype == np.float16 and f["maps"].shape[0] == len(f["class_ids"])
-        assert f["maps"].shape[1:] == (4, 4)  # 64 px at output stride 16
+        assert f["maps"].shape[1:] == (16, 16)  # stored at 1/4 of 64 px
     labels_dir = cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
     assert len(list(labels_dir.glob("*.png"))) == 24
     listed = (cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt").read_text().split()
@@ -81,7 +81,7 @@ def test_stage_rejects_unknown_method(pipeline_run, tmp_path):
     finally:
         write_params(pipeline_run, TINY)
     assert result.returncode == 1
-    assert "unknown method 'gradcamm'; valid methods: cam, gradcam" in result.stderr
+    assert "unknown method 'gradcamm'; valid methods: cam, counterfactual, gradcam" in result.stderr
 
 
 def test_unknown_params_key_fails_before_writing(tmp_path):

@@ -1,0 +1,158 @@
+"""The CAM family against the peer library (pytorch-grad-cam) and against their definitions."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cams import compute_cams, explain, list_layers, multiscale_cams, normalize_maps
+from pipeline.models import build_classifier
+
+gradcam_lib = pytest.importorskip("pytorch_grad_cam", reason="grad-cam (pytorch-grad-cam) is a test-only dependency in requirements.txt")
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+
+PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}
+
+
+def _model(backbone: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_classifier(backbone, 6, weights="none", output_stride=16).eval()
+    # random BN statistics so that activations are not all alike
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def _peer_normalise(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """pytorch-grad-cam's output path: ReLU; min-max scaling (subtract the min, divide by
+    max + 1e-7); cv2 bilinear resize to the input; min-max scaling again (the resize
+    lowers the peak, which falls between output pixels).
+
+    Our maps are scaled by their maximum only (a zero stays zero) and resized where
+    used; to compare, the test applies the peer's output path to our raw maps.
+    """
+
+    def minmax(m):
+        m = m - m.min()
+        return m / (1e-7 + m.max())
+
+    return np.stack([minmax(cv2.resize(np.float32(minmax(np.maximum(m, 0))), (size[1], size[0]))) for m in maps])
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "vgg16"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp", "xgradcam", "layercam", "scorecam"])
+def test_matches_pytorch_grad_cam(backbone, method):
+    model = _model(backbone)
+    size = 32 if method == "scorecam" else 64  # scorecam forwards one image per channel
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, size, size)
+    classes = [[0, 3], [5, 1, 2]] if method != "scorecam" else [[0, 3], [4]]
+    ours = compute_cams(model, images, classes, method, normalize=False, scorecam_batch_size=256)
+    peer = PEERS[method](model=model, target_layers=[model.features])
+    if method == "scorecam":
+        peer.batch_size = 256
+    for n, cls in enumerate(classes):
+        for j, c in enumerate(cls):
+            theirs = peer(input_tensor=images[n : n + 1], targets=[ClassifierOutputTarget(c)])[0]
+            mine = _peer_normalise(ours[n][j : j + 1].numpy(), (size, size))[0]
+            np.testing.assert_allclose(mine, theirs, atol=1e-4, err_msg=f"{backbone} {method} image {n} class {c}")
+
+
+def test_counterfactual_is_negated_gradcam():
+    model = _model("vgg16")
+    images = torch.randn(2, 3, 64, 64)
+    classes = [[0, 1], [2]]
+    grad = compute_cams(model, images, classes, "gradcam", normalize=False)
+    counter = compute_cams(model, images, classes, "counterfactual", normalize=False)
+    counter_norm = compute_cams(model, images, classes, "counterfactual")
+    for g, c, cn in zip(grad, counter, counter_norm):
+        torch.testing.assert_close(c, -g)
+        torch.testing.assert_close(cn, normalize_maps(torch.relu(-g)))
+
+
+def test_vgg_gradcam_differs_from_cam_definition():
+    model = _model("vgg16")
+    with pytest.raises(ValueError, match="needs a model whose `head` is one nn.Linear"):
+        compute_cams(model, torch.randn(1, 3, 64, 64), [[0]], "cam")
+
+
+def test_multiscale_flip_of_mirror_symmetric_input_is_symmetric():
+    model = _model("resnet18")
+    half = torch.randn(2, 3, 48, 32)
+    images = torch.cat([half, half.flip(-1)], dim=-1)  # (2, 3, 48, 64), mirror-symmetric
+    maps = multiscale_cams(model, images, [[0, 2], [1]], "gradcam", scales=(1.0, 0.5, 1.5, 2.0), flip=True, output_size=(48, 64))
+    for m in maps:
+        assert m.shape[1:] == (48, 64)
+        torch.testing.assert_close(m, m.flip(-1), rtol=0, atol=1e-5)
+        assert float(m.amax()) == pytest.approx(1.0, abs=1e-5)
+    # without the flip the network's own asymmetry shows
+    plain = multiscale_cams(model, images, [[0, 2], [1]], "gradcam", scales=(1.0,), flip=False, output_size=(48, 64))
+    assert not torch.allclose(plain[0], plain[0].flip(-1), atol=1e-3)
+
+
+def test_multiscale_single_scale_equals_core():
+    model = _model("resnet18")
+    images = torch.randn(3, 3, 64, 64)
+    classes = [[0], [1, 2], [3]]
+    core = compute_cams(model, images, classes, "gradcam")
+    agg = multiscale_cams(model, images, classes, "gradcam", scales=(1.0,), flip=False)
+    for a, b in zip(core, agg):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_named_layer_equals_fast_path_and_hooks_are_removed():
+    model = _model("resnet18")
+    images = torch.randn(2, 3, 64, 64)
+    fast = compute_cams(model, images, [[0], [1]], "gradcam")
+    hooked = compute_cams(model, images, [[0], [1]], "gradcam", layers=["features"])
+    for a, b in zip(fast, hooked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"class id\(s\) \[9\]"):
+        compute_cams(model, images, [[9], [1]], "gradcam", layers=["features.layer3"])
+    assert all(not m._forward_hooks for m in model.modules())
+    assert torch.is_grad_enabled()
+
+
+def test_layercam_fuses_layers_at_the_finer_resolution():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4, output_stride=32).eval()
+    images = torch.randn(1, 3, 64, 64)
+    (fused,) = compute_cams(model, images, [[1, 2]], "layercam", layers=["features.layer3", "features.layer4"])
+    assert fused.shape == (2, 4, 4)  # layer3 is at stride 16, layer4 at 32
+    assert float(fused.amax()) == pytest.approx(1.0, abs=1e-5)
+    (l3,) = compute_cams(model, images, [[1, 2]], "layercam", layers=["features.layer3"])
+    (l4,) = compute_cams(model, images, [[1, 2]], "layercam", layers=["features.layer4"])
+    up4 = torch.nn.functional.interpolate(l4[None], size=(4, 4), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(fused, normalize_maps((l3 + up4) / 2), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_layer_lists_valid_ones():
+    model = _model("resnet18")
+    with pytest.raises(ValueError, match=r"unknown target layer\(s\) features.layer9; valid layers: features, features.stem"):
+        compute_cams(model, torch.randn(1, 3, 32, 32), [[0]], "gradcam", layers=["features.layer9"])
+    assert "features.layer4.1.conv2" in list_layers(model)
+
+
+def test_smoothgrad_wrapper_and_saliency():
+    model = _model("resnet18")
+    images = torch.randn(2, 3, 32, 32)
+    plain = explain(model, images, [[0], [1]], "gradcam")
+    no_noise = explain(model, images, [[0], [1]], "gradcam", smooth_samples=3, smooth_sigma=0.0)
+    for a, b in zip(plain, no_noise):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    g = torch.Generator().manual_seed(0)
+    noisy = explain(model, images, [[0], [1]], "gradcam", smooth_samples=4, smooth_sigma=0.15, generator=g)
+    g = torch.Generator().manual_seed(0)
+    again = explain(model, images, [[0], [1]], "gradcam", smooth_samples=4, smooth_sigma=0.15, generator=g)
+    torch.testing.assert_close(noisy[0], again[0])
+    assert not torch.allclose(noisy[0], plain[0], atol=1e-3)
+    sal = explain(model, images, [[0], [1]], "saliency")
+    assert sal[0].shape == (1, 32, 32)
+    # the vanilla gradient, checked against a full backward written out here
+    x = images[:1].clone().requires_grad_(True)
+    model(x)[0, 0].backward()
+    ref = x.grad.abs().amax(dim=1)[0]
+    torch.testing.assert_close(sal[0][0], ref / ref.max(), rtol=1e-4, atol=1e-5)

@@ -134,6 +134,9 @@ class EvaluateParams:
     bg_sweep_stop: float = 0.6
     bg_sweep_step: float = 0.05
     num_overlays: int = 6
+    faithfulness: bool = False  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
+    faithfulness_versus: str = "gradcam"
+    faithfulness_max_images: int = 200
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

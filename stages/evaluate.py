@@ -14,11 +14,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.cams import upsample_maps
+from pipeline.cams import explain, upsample_maps
+from pipeline.faithfulness import FaithfulnessScore, explanation_confidence
+from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, load_seeds, read_json, read_label_png, write_json
 from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
+from stages.cams import CHECKPOINT, load_classifier
 from stages.common import load_index, load_params, log, run
 
 SEEDS = Path("outputs/seeds")
@@ -42,7 +45,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def main() -> None:
-    (post, ev) = load_params("postprocess", "evaluate")
+    (post, ev, cam_p) = load_params("postprocess", "evaluate", "cam")
     index = load_index()
     names = ["background", *index.classes]
     n = len(names)
@@ -117,6 +120,8 @@ def main() -> None:
         ["class", "seeds", "masks", "pseudo_labels"],
         [[c, *(None if np.isnan(v) else round(float(v), 4) for v in (a, b, d))] for c, a, b, d in zip(names, seeds_iou, masks_iou, pl_iou)],
     )
+    # always written (DVC expects the output); {"enabled": false} when switched off
+    write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
     with atomic_dir(PLOTS / "overlays") as tmp:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(tmp / f"{image_id}.png")
@@ -124,6 +129,33 @@ def main() -> None:
         "seeds mIoU %.4f at bg %.2f | masks %.4f | pseudo-labels %.4f | boxes acc@0.5 %.4f",
         sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], box_summary["accuracy_iou50"],
     )
+
+
+def faithfulness(index, cam_p, ev) -> dict:
+    """Average Drop, Increase in Confidence and Win against ``faithfulness_versus`` on the
+    first ``faithfulness_max_images`` eval ids; the other method's maps are made here with
+    the same cam settings."""
+    device = resolve_device(cam_p.device)
+    model, ckpt = load_classifier(CHECKPOINT, device)
+    ids = index.splits["eval"][: ev.faithfulness_max_images]
+    voc = index.dataset("eval")
+    score = FaithfulnessScore()
+    mean = torch.as_tensor(ckpt["mean"])[:, None, None]
+    std = torch.as_tensor(ckpt["std"])[:, None, None]
+    for image_id in tqdm(ids, desc=f"faithfulness vs {ev.faithfulness_versus}", unit="img"):
+        image = torch.from_numpy(voc.load_image(image_id)).permute(2, 0, 1).float().div(255)[None].to(device)
+        maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
+        ours = upsample_maps(torch.from_numpy(maps).float().to(device), size)
+        classes = [class_ids.tolist()]
+        (other,) = explain(
+            model, (image - mean.to(device)) / std.to(device), classes, ev.faithfulness_versus,
+            layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip, smooth_samples=cam_p.smooth_samples,
+            smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size,
+        )
+        y, o = explanation_confidence(model, image, classes, [ours], ckpt["mean"], ckpt["std"])
+        _, o_other = explanation_confidence(model, image, classes, [other], ckpt["mean"], ckpt["std"])
+        score.update(y, o, o_other)
+    return {"method": cam_p.method, "versus": ev.faithfulness_versus, **score.summary()}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
     "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
     "crf": {"processes": 2, "iterations": 3},
-    "evaluate": {"num_overlays": 2},
+    "evaluate": {"num_overlays": 2, "faithfulness": True, "faithfulness_versus": "gradcampp", "faithfulness_max_images": 4},
 }
 
 
@@ -68,6 +68,9 @@ def test_outputs_of_every_stage(pipeline_run):
     assert set(pl_m) >= {"miou", "miou_labeled", "labeled_fraction"}
     boxes_m = json.loads((cwd / "metrics/boxes.json").read_text())
     assert set(boxes_m) >= {"accuracy_iou50", "mean_iou", "components_accuracy_iou50"}
+    faith = json.loads((cwd / "metrics/faithfulness.json").read_text())
+    assert faith["method"] == "gradcam" and faith["versus"] == "gradcampp" and faith["num_pairs"] >= 4
+    assert 0 <= faith["average_drop"] <= 100 and 0 <= faith["win"] <= 100
     sweep = (cwd / "plots/bg_sweep.csv").read_text().splitlines()
     assert sweep[0] == "bg,miou" and len(sweep) == 1 + 13
     assert len(list((cwd / "plots/overlays").glob("*.png"))) == 2

@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline.faithfulness import FaithfulnessScore, explanation_confidence
+from pipeline.models import build_classifier
+
+
+def test_scores_hand_case():
+    s = FaithfulnessScore()
+    s.update(np.array([1.0, 0.5]), np.array([0.5, 0.5]), np.array([0.8, 0.25]))
+    s.update(np.array([0.4]), np.array([0.6]), np.array([0.2]))
+    out = s.summary()
+    # drops: ours [0.5, 0, 0], other [0.2, 0.5, 0.5]; ours rises on pair 3
+    assert out["average_drop"] == pytest.approx(100 * 0.5 / 3)
+    assert out["other_average_drop"] == pytest.approx(100 * 1.2 / 3)
+    assert out["increase_in_confidence"] == pytest.approx(100 / 3)
+    assert out["win"] == pytest.approx(200 / 3)
+    assert out["num_pairs"] == 3
+
+
+def test_explanation_confidence_against_direct_forward():
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4, output_stride=32).eval()
+    images = torch.rand(2, 3, 32, 32)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    classes = [[0, 2], [3]]
+    maps = [torch.ones(2, 32, 32), torch.rand(1, 32, 32)]
+    y, o = explanation_confidence(model, images, classes, maps, mean, std)
+    norm = lambda x: (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    with torch.no_grad():
+        p0 = torch.sigmoid(model(norm(images[:1])))[0]
+        p1 = torch.sigmoid(model(norm(images[1:])))[0]
+        p1_masked = torch.sigmoid(model(norm(images[1:] * maps[1][0])))[0]
+    np.testing.assert_allclose(y, [p0[0], p0[2], p1[3]], rtol=1e-5)
+    # a map of ones leaves the image as it is
+    np.testing.assert_allclose(o[:2], y[:2], rtol=1e-5)
+    np.testing.assert_allclose(o[2], p1_masked[3], rtol=1e-5)

@@ -370,33 +370,18 @@ def explain(
     class_ids: Sequence | torch.Tensor,
     method: str = "gradcam",
     *,
-    layers: Sequence[str] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    smooth_samples: int = 0,
-    smooth_sigma: float = 0.15,
     output_size: tuple[int, int] | None = None,
-    scorecam_batch_size: int = 32,
-    generator: torch.Generator | None = None,
+    **options,
 ) -> list[torch.Tensor]:
     """The public entry point: one ``(K, H, W)`` map in [0, 1] per image.
 
-    Args:
-        model, images, class_ids, method, layers: as in :func:`compute_cams`.
-        scales, flip: test-time aggregation (:func:`multiscale_cams`); IRN uses
-            ``scales=(1.0, 0.5, 1.5, 2.0), flip=True``.
-        smooth_samples: SmoothGrad copies per image (0: off).
-        smooth_sigma: noise standard deviation as a fraction of the input's value range.
-        output_size: ``(H, W)`` of the returned maps; default the input size.
-        generator: seeds the SmoothGrad noise.
+    ``model``, ``images``, ``class_ids`` and ``method`` are as in :func:`compute_cams`;
+    ``options`` are :func:`multiscale_cams`'s (``layers``, ``scales``, ``flip``,
+    ``smooth_samples``, ``smooth_sigma``, ``scorecam_batch_size``, ``generator``).
+    ``output_size`` defaults to the input's ``(H, W)``.
     """
     size = output_size or tuple(images.shape[-2:])
-    maps = multiscale_cams(
-        model, images, class_ids, method, layers=layers, scales=scales, flip=flip, output_size=size,
-        smooth_samples=smooth_samples, smooth_sigma=smooth_sigma, scorecam_batch_size=scorecam_batch_size,
-        generator=generator,
-    )
-    return maps
+    return multiscale_cams(model, images, class_ids, method, output_size=size, **options)
 
 
 def _smoothed(model, images, padded, method, layers, samples, sigma, scorecam_batch_size, generator) -> torch.Tensor:
@@ -427,7 +412,9 @@ def multiscale_cams(
     scorecam_batch_size: int = 32,
     generator: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
-    """Maps aggregated over input scales and a horizontal flip (IRN's protocol).
+    """Maps aggregated over input scales and a horizontal flip (IRN's protocol), optionally
+    each wrapped in SmoothGrad (``smooth_samples`` noisy copies, noise std ``smooth_sigma``
+    times the input's value range, seeded by ``generator``).
 
     Each scale is one batched call (the flipped copies ride in the same batch); the
     ReLU'd raw maps are flipped back, resized to ``output_size`` (default: the

@@ -187,6 +187,10 @@ class CamClassifier(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.mean(dim=(2, 3)))
 
+    def new_layers(self) -> nn.Module:
+        """The freshly initialised classifier (trained at ``head_lr_mult`` x the rate)."""
+        return self.head
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
@@ -207,6 +211,10 @@ class FCHeadClassifier(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
+    def new_layers(self) -> nn.Module:
+        """The last linear layer, the only one not taken from ImageNet."""
+        return self.classifier[-1]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
@@ -224,6 +232,9 @@ class TimmClassifier(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(features)
+
+    def new_layers(self) -> nn.Module:
+        return self.net.get_classifier()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -102,7 +102,7 @@ class ClassificationDataset(Dataset):
 
 def build_optimizer(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
     """The head learns ``head_lr_mult`` times faster than the backbone (IRN's x10)."""
-    head = list(model.head.parameters())
+    head = list(model.new_layers().parameters())
     head_ids = {id(p) for p in head}
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
     groups = [

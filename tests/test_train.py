@@ -23,6 +23,11 @@ def test_head_learns_faster():
     backbone, head = opt.param_groups
     assert backbone["lr"] == 0.01 and head["lr"] == pytest.approx(0.1)
     assert {id(p) for p in head["params"]} == {id(p) for p in model.head.parameters()}
+    for name, new in (("vgg16", lambda m: m.classifier[-1]), ("timm:resnet10t", lambda m: m.net.get_classifier())):
+        other = build_classifier(name, 3, output_stride=32)
+        groups = build_optimizer(other, TrainParams(lr=0.01)).param_groups
+        assert {id(p) for p in groups[1]["params"]} == {id(p) for p in new(other).parameters()}
+        assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(other.parameters()))
     with pytest.raises(ValueError, match="valid: adamw, sgd"):
         build_optimizer(model, TrainParams(optimizer="lamb"))
 

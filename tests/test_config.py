@@ -35,3 +35,14 @@ def test_load_params_rejects_unknown_section_and_key(tmp_path):
     path.write_text("train:\n  epochs: 2\n")
     (train,) = load_params("train", path=path)
     assert train.epochs == 2
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml"])
+def test_shipped_params_files_validate(name):
+    from pathlib import Path
+
+    from stages.common import SECTIONS
+
+    path = Path(__file__).resolve().parents[1] / name
+    sections = load_params(*SECTIONS, path=path)
+    assert len(sections) == len(SECTIONS)

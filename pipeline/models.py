@@ -9,7 +9,6 @@ is all the CAM core needs.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable

@@ -10,7 +10,6 @@ from typing import Any
 import yaml
 
 from pipeline.config import (
-    BuiltinParams,
     CamParams,
     ConfigError,
     CrfParams,

@@ -32,7 +32,7 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 
 
-def _per_class(prefix: str, iou: np.ndarray, names: list[str]) -> dict[str, float]:
+def _per_class(iou: np.ndarray, names: list[str]) -> dict[str, float]:
     return {f"iou_{n}": (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, iou)}
 
 
@@ -52,7 +52,8 @@ def main() -> None:
     thresholds = np.round(np.arange(ev.bg_sweep_start, ev.bg_sweep_stop + 1e-9, ev.bg_sweep_step), 4)
     if thresholds.size == 0:
         raise ValueError("evaluate: the bg sweep is empty (check bg_sweep_start/stop/step)")
-    boxes = read_json(BOXES)["images"]
+    boxes_file = read_json(BOXES)
+    boxes = boxes_file["images"]
 
     voc = index.dataset("eval")
     stale = [i for i in voc.ids if i not in boxes]
@@ -98,12 +99,12 @@ def main() -> None:
         "best_bg": float(thresholds[best]),
         "miou_at_params_bg": round(float(mean_iou(masks_cm)), 4),
         "num_images": scored,
-        **_per_class("seeds", seeds_iou, names),
+        **_per_class(seeds_iou, names),
     })
     masks_iou = iou_per_class(masks_cm)
-    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **_per_class("masks", masks_iou, names)})
+    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **_per_class(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
-    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **_per_class("pl", pl_iou, names)})
+    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **_per_class(pl_iou, names)})
     box_summary = {}
     for name, score in box_scores.items():
         s = score.summary()
@@ -111,7 +112,7 @@ def main() -> None:
         box_summary[f"{prefix}accuracy_iou50"] = round(s["accuracy_iou50"], 4)
         box_summary[f"{prefix}mean_iou"] = round(s["mean_iou"], 4)
     box_summary["num_gt_boxes"] = box_scores["largest"].summary()["num_gt_boxes"]
-    box_summary["box_fraction"] = read_json(BOXES)["box_fraction"]
+    box_summary["box_fraction"] = boxes_file["box_fraction"]
     write_json(METRICS / "boxes.json", box_summary)
 
     _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])

@@ -1,11 +1,13 @@
 # `make repro`: create the venv if needed, install, run the DVC pipeline on the built-in dataset.
 # `make test`:  create or update the same venv, run the test suite.
+# `make data-voc`: download PASCAL VOC 2012 + SBD into data/ (checksummed, resumable) and build train_aug.
+# `make bench`: run the benchmarks (tables on stdout, JSON in benchmarks/results/).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test install clean-venv
+.PHONY: repro test install clean-venv data-voc bench
 
 install: $(STAMP)
 
@@ -21,6 +23,15 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+data-voc: $(STAMP)
+	$(BIN)/python -m pipeline.data.download --dest data
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.cam_speed
+	$(BIN)/python -m benchmarks.multiscale
+	$(BIN)/python -m benchmarks.crf_speed
+	$(BIN)/python -m benchmarks.pipeline_stages
 
 clean-venv:
 	rm -rf $(VENV)

@@ -308,6 +308,27 @@ def _forward_to_layers(model: nn.Module, images: torch.Tensor, layers: Sequence[
     return [captured[name] for name in layers], logits
 
 
+def _class_gradients(scores: torch.Tensor, feats: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """d scores[:, k] / d feats for every k in one autograd call: one ``(K, N, C, h, w)`` per map.
+
+    Images are independent in eval mode, so the gradient of column k's batch sum is each
+    image's own gradient for its k-th class; ``is_grads_batched`` runs the K backward
+    passes (from the scores down to the target maps only) as one vectorised call. Should
+    an operator in the model's head have no batching rule, the K calls run one by one.
+    """
+    n, k = scores.shape
+    if k == 1:
+        return tuple(g[None] for g in torch.autograd.grad(scores.sum(), feats))
+    selectors = torch.eye(k, device=scores.device, dtype=scores.dtype)[:, None, :].expand(k, n, k)
+    try:
+        return torch.autograd.grad(scores, feats, grad_outputs=selectors, is_grads_batched=True, retain_graph=True)
+    except RuntimeError as err:  # pragma: no cover - depends on the model's operators
+        if "vmap" not in str(err) and "batch" not in str(err).lower():
+            raise
+    per_k = [torch.autograd.grad(scores[:, j].sum(), feats, retain_graph=j < k - 1) for j in range(k)]
+    return tuple(torch.stack([g[i] for g in per_k]) for i in range(len(feats)))
+
+
 def compute_cams(
     model: nn.Module,
     images: torch.Tensor,
@@ -345,12 +366,7 @@ def compute_cams(
         padded, counts = _pad_class_ids(class_ids, logits.shape[1], images.device)
         grads_per_layer: list[torch.Tensor | None] = [None] * len(feats)
         if spec.needs_gradients:
-            scores = logits.gather(1, padded)  # (N, K)
-            k_total = padded.shape[1]
-            # images are independent in eval mode, so the gradient of the batch sum of
-            # column k is each image's own gradient for its k-th class
-            per_k = [torch.autograd.grad(scores[:, k].sum(), feats, retain_graph=k < k_total - 1) for k in range(k_total)]
-            grads_per_layer = [torch.stack([g[i] for g in per_k]) for i in range(len(feats))]
+            grads_per_layer = list(_class_gradients(logits.gather(1, padded), feats))
         with torch.no_grad():
             maps = []
             for a, g in zip(feats, grads_per_layer):

@@ -1,0 +1,66 @@
+"""Shared helpers of the benchmarks: interleaved timing, a printed table, JSON results.
+
+Every benchmark runs its alternatives interleaved in one process (this machine's
+absolute speed drifts by 2x over hours, so only side-by-side ratios mean anything)
+and writes ``benchmarks/results/<name>.json`` with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pipeline.io import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 1) -> dict[str, dict]:
+    """Median (and all) wall times of each function, run round-robin: ``warmup`` untimed
+    rounds, then ``runs`` timed rounds in which every function runs once."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: {"median_s": statistics.median(t), "runs_s": [round(x, 5) for x in t]} for name, t in times.items()}
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for j, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_results(name: str, payload: dict, out_dir: Path = RESULTS) -> Path:
+    """Write ``payload`` plus the machine description to ``out_dir/<name>.json`` (atomically)."""
+    path = Path(out_dir) / f"{name}.json"
+    write_json(path, {"benchmark": name, "machine": machine(), **payload})
+    print(f"wrote {path}")
+    return path

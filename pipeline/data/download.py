@@ -1,0 +1,308 @@
+"""Download PASCAL VOC 2012 and SBD, verify, extract atomically, build train_aug.
+
+``make data-voc`` runs ``python -m pipeline.data.download --dest data``, which leaves::
+
+    data/VOCdevkit/VOC2012/                      the VOC 2012 trainval tree (17,125 images)
+        SegmentationClassAug/<id>.png            SBD's masks as VOC PNGs (VOC's own masks where both exist)
+        ImageSets/Segmentation/train_aug.txt     (SBD train + SBD val + VOC train) - VOC val: 10,582 ids
+    data/downloads/                              the archives (kept unless --delete-archives)
+
+Each archive is fetched into ``<file>.part`` and resumed with an HTTP ``Range`` request
+after an interrupted transfer (in the same run, up to ``retries`` times, or in a later
+run), checked against its published MD5 (a mismatch is an error and nothing is
+extracted), extracted into a temporary folder beside the destination and renamed into
+place, then marked done with a stamp file; a second run finds the stamps and does
+nothing. The URLs and MD5s are the ones torchvision's VOC and SBD datasets publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.data.voc import DatasetError
+from pipeline.io import atomic_dir, atomic_path, read_id_file, write_label_png, write_text_lines
+
+__all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "DownloadError", "fetch", "extract", "install", "build_train_aug", "download_voc"]
+
+log = logging.getLogger("wsl")
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download failed, was truncated, or does not match its checksum."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """One downloadable archive.
+
+    ``root``: the folder the archive holds (relative to the extraction point); it is
+    what gets renamed into place. ``members``: extract only the members under these
+    prefixes (None: everything).
+    """
+
+    name: str
+    url: str
+    filename: str
+    md5: str
+    root: str
+    members: tuple[str, ...] | None = None
+
+
+VOC2012_TRAINVAL = Archive(
+    name="voc2012",
+    url="https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    filename="VOCtrainval_11-May-2012.tar",
+    md5="6cd6e144f989b92b3379bac3b3de84fd",
+    root="VOCdevkit/VOC2012",
+)
+# Hariharan et al.'s Semantic Boundaries Dataset; only the class masks and id lists are
+# kept (its images are VOC 2011 images, already in VOC 2012's JPEGImages).
+SBD = Archive(
+    name="sbd",
+    url="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
+    filename="benchmark.tgz",
+    md5="82b4d87ceb2ed10f6038a1cba92111cb",
+    root="benchmark_RELEASE/dataset",
+    members=("benchmark_RELEASE/dataset/cls/", "benchmark_RELEASE/dataset/train.txt", "benchmark_RELEASE/dataset/val.txt"),
+)
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _transfer(url: str, part: Path, timeout: float, progress: bool) -> None:
+    """Append the rest of ``url`` to ``part`` (a Range request when ``part`` has bytes)."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "wsl-pipeline", **({"Range": f"bytes={have}-"} if have else {})})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have:  # nothing left to send: the .part is already whole
+            return
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the Range: start again
+            log.info("%s: the server does not resume; downloading from the start", url)
+            have = 0
+        length = response.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        with open(part, "ab" if have else "wb") as f, tqdm(
+            total=expected, initial=have, unit="B", unit_scale=True, desc=part.name.removesuffix(".part"), disable=not progress
+        ) as bar:
+            while block := response.read(CHUNK):
+                f.write(block)
+                bar.update(len(block))
+        size = part.stat().st_size
+        if expected is not None and size < expected:
+            raise http.client.IncompleteRead(b"", expected - size)
+
+
+def fetch(url: str, dest: Path, md5: str, *, retries: int = 3, timeout: float = 60.0, backoff: float = 2.0, progress: bool = True) -> Path:
+    """Download ``url`` to ``dest``, resuming an interrupted transfer, and verify its MD5.
+
+    A finished ``dest`` whose MD5 matches is not downloaded again. The bytes go to
+    ``dest.part`` until the transfer is whole and verified; a checksum mismatch deletes
+    the ``.part`` file and raises :class:`DownloadError`.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        if md5sum(dest) == md5:
+            return dest
+        raise DownloadError(f"{dest}: exists but its MD5 is {md5sum(dest)}, not {md5}; delete it and rerun")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, timeout, progress)
+            break
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+            if isinstance(err, urllib.error.HTTPError) and err.code < 500:
+                raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+            if attempt == retries:
+                got = part.stat().st_size if part.exists() else 0
+                raise DownloadError(
+                    f"{url}: transfer failed after {retries + 1} attempts ({err}); {got} bytes kept in {part}, "
+                    "rerun to resume"
+                ) from None
+            log.warning("%s: transfer interrupted (%s); resuming (attempt %d of %d)", url, err, attempt + 2, retries + 1)
+            time.sleep(backoff * (attempt + 1))
+    actual = md5sum(part)
+    if actual != md5:
+        part.unlink()
+        raise DownloadError(f"{url}: checksum mismatch (MD5 {actual}, expected {md5}); the download was deleted and nothing was extracted")
+    os.replace(part, dest)
+    return dest
+
+
+def _safe_members(names: Sequence[str], where: Path) -> None:
+    for name in names:
+        p = Path(name)
+        if p.is_absolute() or ".." in p.parts:
+            raise DownloadError(f"{where}: unsafe member path {name!r} in the archive")
+
+
+def extract(archive: Path, into: Path, members: Sequence[str] | None = None) -> None:
+    """Extract a tar (any compression) or zip into ``into``, only ``members`` prefixes if given."""
+    keep = (lambda name: any(name == m.rstrip("/") or name.startswith(m) for m in members)) if members else (lambda name: True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if keep(n)]
+            _safe_members(names, archive)
+            zf.extractall(into, members=names)
+        return
+    try:
+        with tarfile.open(archive) as tf:
+            chosen = [m for m in tf if keep(m.name)]
+            _safe_members([m.name for m in chosen], archive)
+            tf.extractall(into, members=chosen, filter="data")
+    except tarfile.TarError as err:
+        raise DownloadError(f"{archive}: not a readable tar or zip archive ({err})") from None
+
+
+def _stamp(dest: Path, archive: Archive) -> Path:
+    return dest / ".downloads" / f"{archive.name}.done"
+
+
+def install(archive: Archive, dest: Path, downloads: Path, *, url: str | None = None, extract_to: Path | None = None,
+            retries: int = 3, progress: bool = True) -> Path:
+    """Fetch, verify and extract one archive; ``archive.root`` ends up at ``extract_to / archive.root``.
+
+    Idempotent: a stamp under ``dest/.downloads`` records a finished install. The
+    extraction happens in a temporary folder beside the target and is renamed in whole,
+    so an interrupted run never leaves a half-extracted tree.
+    """
+    extract_to = Path(extract_to or dest)
+    target = extract_to / archive.root
+    stamp = _stamp(dest, archive)
+    if stamp.is_file() and target.exists():
+        log.info("%s: already installed at %s", archive.name, target)
+        return target
+    if target.exists():
+        raise DownloadError(f"{target}: exists but was not installed by this tool (no {stamp}); move it away or point data.root at it")
+    path = fetch(url or archive.url, downloads / archive.filename, archive.md5, retries=retries, progress=progress)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.extract"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".extract", dir=target.parent))
+    try:
+        log.info("%s: extracting %s", archive.name, path.name)
+        extract(path, tmp, archive.members)
+        inner = tmp / archive.root
+        if not inner.is_dir():
+            raise DownloadError(f"{path}: the archive has no {archive.root}/ folder")
+        os.replace(inner, target)  # same file system: the tree appears whole or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{archive.md5}  {archive.filename}\n")
+    return target
+
+
+def _sbd_mask(path: Path) -> np.ndarray:
+    from scipy.io import loadmat  # SBD ships MATLAB files
+
+    try:
+        mask = loadmat(path)["GTcls"][0]["Segmentation"][0]
+    except (KeyError, IndexError, ValueError, OSError) as err:
+        raise DatasetError(f"{path}: not an SBD class file (GTcls.Segmentation) ({err})") from None
+    return np.asarray(mask, dtype=np.uint8)
+
+
+def build_train_aug(voc_root: Path, sbd_root: Path, *, progress: bool = True) -> list[str]:
+    """``SegmentationClassAug/`` and ``ImageSets/Segmentation/train_aug.txt`` inside ``voc_root``.
+
+    The aug masks are SBD's class masks (train and val) written as VOC palette PNGs,
+    with VOC 2012's own masks taking their place where VOC has one (the finer official
+    annotation, with its 255 borders). train_aug is SBD train + SBD val + VOC train,
+    minus VOC val (the scoring set of the literature): 10,582 ids on the real data.
+    """
+    voc_root, sbd_root = Path(voc_root), Path(sbd_root)
+    seg_lists = voc_root / "ImageSets" / "Segmentation"
+    voc_train, voc_val = read_id_file(seg_lists / "train.txt"), set(read_id_file(seg_lists / "val.txt"))
+    sbd_ids = read_id_file(sbd_root / "train.txt") + read_id_file(sbd_root / "val.txt")
+    voc_masks = {p.stem for p in (voc_root / "SegmentationClass").glob("*.png")}
+    with atomic_dir(voc_root / "SegmentationClassAug") as tmp:
+        for image_id in tqdm(sorted(set(sbd_ids) | voc_masks), desc="SegmentationClassAug", unit="img", disable=not progress):
+            if image_id in voc_masks:
+                shutil.copyfile(voc_root / "SegmentationClass" / f"{image_id}.png", tmp / f"{image_id}.png")
+            else:
+                write_label_png(tmp / f"{image_id}.png", _sbd_mask(sbd_root / "cls" / f"{image_id}.mat"))
+    train_aug = sorted((set(sbd_ids) | set(voc_train)) - voc_val)
+    write_text_lines(seg_lists / "train_aug.txt", train_aug)
+    return train_aug
+
+
+def download_voc(dest: Path, *, sbd: bool = True, base_url: str | None = None, delete_archives: bool = False,
+                 retries: int = 3, progress: bool = True) -> Path:
+    """The whole of ``make data-voc``; returns the VOC2012 folder.
+
+    ``base_url`` replaces each archive URL's folder (a mirror, or a local server in tests).
+    """
+    dest = Path(dest)
+    downloads = dest / "downloads"
+    archives = [VOC2012_TRAINVAL] + ([SBD] if sbd else [])
+
+    def url(a: Archive) -> str:
+        return f"{base_url.rstrip('/')}/{a.filename}" if base_url else a.url
+
+    voc = install(VOC2012_TRAINVAL, dest, downloads, url=url(VOC2012_TRAINVAL), retries=retries, progress=progress)
+    if sbd:
+        aug_stamp = dest / ".downloads" / "train_aug.done"
+        if aug_stamp.is_file() and (voc / "SegmentationClassAug").is_dir():
+            log.info("train_aug: already built")
+        else:
+            sbd_root = install(SBD, dest, downloads, url=url(SBD), extract_to=dest / "SBD", retries=retries, progress=progress)
+            ids = build_train_aug(voc, sbd_root, progress=progress)
+            with atomic_path(aug_stamp) as tmp:
+                tmp.write_text(f"{len(ids)} ids\n")
+            log.info("train_aug: %d ids, masks in %s", len(ids), voc / "SegmentationClassAug")
+    if delete_archives:
+        for a in archives:
+            (downloads / a.filename).unlink(missing_ok=True)
+    return voc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Download PASCAL VOC 2012 (+ SBD for train_aug) into DEST.")
+    parser.add_argument("--dest", type=Path, default=Path("data"), help="where VOCdevkit/ goes (default: data)")
+    parser.add_argument("--no-sbd", action="store_true", help="VOC 2012 only (no SegmentationClassAug / train_aug)")
+    parser.add_argument("--base-url", default=None, help="fetch every archive from this folder URL instead (a mirror)")
+    parser.add_argument("--delete-archives", action="store_true", help="remove the archives after extraction")
+    parser.add_argument("--retries", type=int, default=3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        voc = download_voc(args.dest, sbd=not args.no_sbd, base_url=args.base_url, delete_archives=args.delete_archives, retries=args.retries)
+    except (DownloadError, DatasetError, OSError) as err:
+        log.error("%s", err)
+        return 1
+    log.info("VOC 2012 ready at %s (params: data.source: voc, data.root: %s)", voc, args.dest / "VOCdevkit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""The benchmarks run (smoke settings) and write the JSON keys the issue names.
+
+Speed is never asserted here; only that each benchmark runs, writes its results and,
+for cam_speed, that the maps it times agree with pytorch-grad-cam's.
+"""
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("pytorch_grad_cam", reason="grad-cam (pytorch-grad-cam) is a test-only dependency in requirements.txt")
+
+from benchmarks import cam_speed, crf_speed, multiscale, pipeline_stages  # noqa: E402
+
+
+def _read(path):
+    return json.loads(path.read_text())
+
+
+def test_cam_speed_quick(tmp_path):
+    cam_speed.main(["--quick", "--ks", "1", "2", "--out", str(tmp_path)])
+    out = _read(tmp_path / "cam_speed_quick.json")
+    assert out["machine"]["torch_threads"] >= 1
+    for k in ("k1", "k2"):
+        res = out["results"][k]
+        assert res["max_map_difference_vs_pytorch_grad_cam"] < 1e-4  # the timed maps are the same maps
+        for method in ("gradcam", "gradcampp"):
+            assert res["methods"][method]["ratio_vs_floor"] > 0
+            assert res["methods"][method]["speedup_vs_pytorch_grad_cam"] > 0
+        assert "speedup_vs_pytorch_grad_cam" not in res["methods"]["cam"]  # no peer for CAM
+
+
+def test_multiscale_quick(tmp_path):
+    multiscale.main(["--quick", "--out", str(tmp_path)])
+    res = _read(tmp_path / "multiscale_quick.json")["results"]
+    assert set(res) == {"contiguous", "channels_last", "channels_last_speedup"}
+    assert res["contiguous"]["ratio_vs_floor"] > 0
+
+
+def test_crf_speed_quick(tmp_path):
+    crf_speed.main(["--quick", "--out", str(tmp_path)])
+    out = _read(tmp_path / "crf_speed_quick.json")
+    assert out["setting"]["source"] == "generated 500x375"
+    assert out["results"]["present"]["throughput_ratio"] > 0
+    assert out["results"]["all_labels_cost_vs_present"] > 0
+
+
+def test_tree_rss_counts_this_process():
+    rss = pipeline_stages._tree_rss_bytes(os.getpid())
+    with open("/proc/self/statm") as f:
+        own = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert rss >= own * 0.9

@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 data-voc: $(STAMP)
-	$(BIN)/python -m pipeline.data.download --dest data
+	$(BIN)/python -m pipeline.download --dest data
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cam_speed

@@ -371,7 +371,7 @@ def compute_cams(
             maps = []
             for a, g in zip(feats, grads_per_layer):
                 ctx = CamContext(model, images, a.detach(), g, padded, scorecam_batch_size)
-                m = spec.fn(ctx)
+                m = spec.fn(ctx).float()  # float32 from here on, also under autocast
                 maps.append(normalize_maps(F.relu(m)) if normalize or len(feats) > 1 else m)
             if len(maps) > 1:
                 size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])

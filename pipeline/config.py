@@ -48,7 +48,7 @@ class DataParams:
     """Where the images come from (``data``)."""
 
     source: str = "builtin"  # builtin | voc
-    root: str = "data/builtin"
+    root: str = "data/VOCdevkit"  # for voc: a VOC20xx folder or one holding VOCdevkit/ (make data-voc puts it here)
     train_list: str = "train"  # ids the classifier trains on and pseudo-labels are made for
     val_list: str = "val"  # ids the classifier's mAP is measured on
     eval_list: str = "train"  # ids with ground truth that seeds and pseudo-labels are scored on
@@ -81,9 +81,12 @@ class TrainParams:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     schedule: str = "poly"  # poly | cosine | constant
-    num_workers: int = 0
+    augment: str = "resized_crop"  # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
+    num_workers: int = 0  # DataLoader worker processes (pinned memory on CUDA)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:<i>
+    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
+    processes: int = 1  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +102,10 @@ class CamParams:
     store_stride: int = 4  # seeds are stored at 1/store_stride of the image size
     scorecam_batch_size: int = 64
     batch_size: int = 16
+    num_workers: int = 0  # DataLoader worker processes that decode images ahead of the GPU/CPU
     device: str = "auto"
+    amp: str = "auto"  # as train.amp
+    processes: int = 1  # >1: images sharded over this many processes (torchrun), seeds gathered in one folder
 
 
 @dataclasses.dataclass(frozen=True)

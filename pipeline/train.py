@@ -18,6 +18,7 @@ from pipeline.metrics import mean_average_precision
 
 __all__ = [
     "resolve_device",
+    "amp_dtype",
     "seed_everything",
     "to_tensor",
     "train_augmentation",
@@ -41,6 +42,26 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` / ``cam.amp`` on ``device`` (None: full precision).
+
+    ``auto`` is bf16 on a CUDA device that supports it, fp16 on an older one, and off on
+    the CPU (CPU autocast is slower than float32 on most CPUs); ``bf16`` and ``fp16``
+    force it, on any device.
+    """
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    raise ValueError(f"unknown amp setting {amp!r}; valid: auto, off, bf16, fp16")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -56,17 +77,36 @@ def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     return (x - m) / s
 
 
-def train_augmentation(crop_size: int, seed: int | None = None) -> A.Compose:
-    """Random resized crop, flip and colour jitter; ``seed`` makes the draws repeatable
-    (albumentations keeps its own generator, which ``seed_everything`` does not reach)."""
-    return A.Compose(
-        [
+AUGMENTATIONS = ("resized_crop", "irn")
+
+
+def train_augmentation(crop_size: int, seed: int | None = None, kind: str = "resized_crop",
+                       fill: Sequence[float] = (0, 0, 0)) -> A.Compose:
+    """Training augmentation; ``seed`` makes the draws repeatable (albumentations keeps its
+    own generator, which ``seed_everything`` does not reach).
+
+    * ``resized_crop``: a random resized crop (50-100% of the area), flip, colour jitter.
+    * ``irn``: IRN's classifier augmentation (Ahn et al., CVPR 2019, step/train_cam.py):
+      the long side resized to a random length in 320-640, flip, a random ``crop_size``
+      crop, padded (at a random place) with ``fill``, the mean colour, where the image
+      is smaller.
+    """
+    if kind == "resized_crop":
+        steps = [
             A.RandomResizedCrop(size=(crop_size, crop_size), scale=(0.5, 1.0), ratio=(0.75, 1.333)),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
-        ],
-        seed=seed,
-    )
+        ]
+    elif kind == "irn":
+        steps = [
+            A.LongestMaxSize(max_size=list(range(320, 641))),
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(crop_size, crop_size, position="random", border_mode=0, fill=tuple(fill)),
+            A.RandomCrop(crop_size, crop_size),
+        ]
+    else:
+        raise ValueError(f"unknown augmentation {kind!r}; valid: {', '.join(AUGMENTATIONS)}")
+    return A.Compose(steps, seed=seed)
 
 
 def eval_transform(crop_size: int) -> A.Compose:
@@ -138,8 +178,13 @@ def train_one_epoch(
     total_steps: int,
     device: torch.device,
     progress: Callable | None = None,
+    amp: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, int]:
-    """One pass over ``loader``; returns the mean loss and the step count after it."""
+    """One pass over ``loader``; returns the mean loss and the step count after it.
+
+    ``amp``: autocast dtype (None: full precision); with float16 pass a ``scaler``.
+    """
     model.train()
     criterion = nn.BCEWithLogitsLoss()
     total_loss, seen = 0.0, 0
@@ -149,10 +194,17 @@ def train_one_epoch(
             group["lr"] = group["base_lr"] * lr_factor(schedule, step, total_steps)
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
-        loss = criterion(model(images), targets)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images)
+        loss = criterion(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         step += 1
         total_loss += loss.item() * images.shape[0]
         seen += images.shape[0]
@@ -162,17 +214,19 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid scores and targets over ``loader``: two ``(N, C)`` arrays."""
     model.eval()
     scores, targets = [], []
     for images, target in loader:
-        images = images.to(device).contiguous(memory_format=torch.channels_last)
-        scores.append(torch.sigmoid(model(images)).cpu())
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images)
+        scores.append(torch.sigmoid(logits.float()).cpu())
         targets.append(target)
     return torch.cat(scores).numpy(), torch.cat(targets).numpy()
 
 
-def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-    scores, targets = predict(model, loader, device)
+def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None = None) -> float:
+    scores, targets = predict(model, loader, device, amp)
     return mean_average_precision(scores, targets)

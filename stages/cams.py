@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -9,11 +10,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.cams import list_methods, multiscale_cams
 from pipeline.data.index import DatasetIndex
-from pipeline.io import atomic_dir, save_seeds
+from pipeline.io import save_seeds
 from pipeline.models import build_classifier
-from pipeline.train import resolve_device, to_tensor
+from pipeline.train import amp_dtype, resolve_device, to_tensor
 from stages.common import load_index, load_params, log, run
 
 CHECKPOINT = Path("models/classifier.pt")
@@ -64,32 +66,48 @@ def main() -> None:
     (cam_p,) = load_params("cam")
     if cam_p.method not in list_methods():
         raise ValueError(f"cam.method: unknown method {cam_p.method!r}; valid methods: {', '.join(list_methods())}")
+    distributed.launch(cam_p.processes, "stages.cams")
     index = load_index()
-    device = resolve_device(cam_p.device)
+    info, device = distributed.init(resolve_device(cam_p.device))
+    try:
+        _seeds(cam_p, index, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch.device) -> None:
     model, ckpt = load_classifier(CHECKPOINT, device)
     if list(ckpt["classes"]) != list(index.classes):
         raise ValueError(f"{CHECKPOINT}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
     model = model.to(memory_format=torch.channels_last)
+    amp = amp_dtype(cam_p.amp, device)
     data = _Images(index, ckpt["mean"], ckpt["std"])
-    batches = size_grouped_batches(index, data.voc.ids, cam_p.batch_size)
-    loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, pin_memory=device.type == "cuda")
-    generator = torch.Generator().manual_seed(0)  # SmoothGrad noise
-    with atomic_dir(OUT) as tmp:
-        bar = tqdm(total=len(data), desc=f"seeds ({cam_p.method})", unit="img")
+    # every rank takes every world_size-th batch; each image's seeds depend only on its batch
+    batches = distributed.shard(size_grouped_batches(index, data.voc.ids, cam_p.batch_size), info)
+    loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cam_p.num_workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if cam_p.num_workers else None)
+    generator = torch.Generator()  # SmoothGrad noise, seeded per batch: the same whatever the sharding
+    with distributed.shared_atomic_dir(OUT, info) as tmp:
+        bar = tqdm(total=sum(len(b) for b in batches), desc=f"seeds ({cam_p.method})", unit="img", disable=not info.is_main)
         for images, labels, ids in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             h, w = images.shape[-2:]
             out_size = (-(-h // cam_p.store_stride), -(-w // cam_p.store_stride))
-            maps = multiscale_cams(
-                model, images, [l.to(device) for l in labels], cam_p.method, layers=cam_p.layers or None,
-                scales=cam_p.scales, flip=cam_p.flip, output_size=out_size, smooth_samples=cam_p.smooth_samples,
-                smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
-            )
-            for image_id, m, l in zip(ids, maps, labels):
-                save_seeds(tmp / f"{image_id}.npz", m.half().cpu().numpy(), l.numpy(), index.size(image_id))
+            generator.manual_seed(zlib.crc32(ids[0].encode()))
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                maps = multiscale_cams(
+                    model, images, [l.to(device) for l in labels], cam_p.method, layers=cam_p.layers or None,
+                    scales=cam_p.scales, flip=cam_p.flip, output_size=out_size, smooth_samples=cam_p.smooth_samples,
+                    smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
+                )
+            # one device-to-host copy per batch, after the whole batch is done
+            host = torch.cat([m.half().flatten() for m in maps]).cpu().split([m.numel() for m in maps])
+            for image_id, m, flat, l in zip(ids, maps, host, labels):
+                save_seeds(tmp / f"{image_id}.npz", flat.view(m.shape).numpy(), l.numpy(), index.size(image_id))
             bar.update(len(ids))
         bar.close()
-    log.info("wrote seeds of %d images to %s", len(data), OUT)
+    if info.is_main:
+        log.info("wrote seeds of %d images to %s (%d process(es))", len(data), OUT, info.world_size)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage `crf`: refine masks with a dense CRF -> VOC-shaped pseudo-labels in outputs/pseudo_labels/."""
+"""Stage `crf`: refine masks with a dense CRF -> VOC-shaped pseudo-labels in outputs/pseudo_labels/,
+and a VOC-shaped view of links to them and the images in outputs/voc_view/ (see pipeline.export)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.crf import refine_files
-from pipeline.io import atomic_dir, write_label_png, write_text_lines
+from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
+from pipeline.io import atomic_dir, write_label_png
 from pipeline.parallel import default_processes, parallel_map
 from stages.common import load_index, load_params, log, run
 
 MASKS = Path("outputs/masks")
 OUT = Path("outputs/pseudo_labels")
-# VOC-shaped so that a trainer reads it as a dataset once JPEGImages is linked beside it
-VOC_SUBDIR = Path("VOCdevkit/VOC2012")
+VIEW = Path("outputs/voc_view")  # links only, rebuilt on every run; not a DVC output
 
 
 def main() -> None:
-    (crf_p,) = load_params("crf")
+    (crf_p, data_p) = load_params("crf", "data")
     index = load_index()
     ids = index.splits["train"]
     voc = index.dataset("train")
@@ -29,8 +30,10 @@ def main() -> None:
         results = parallel_map(refine_files, jobs, processes=processes, chunksize=8)
         for image_id, pseudo in tqdm(zip(ids, results), total=len(ids), desc=f"crf ({processes} proc)", unit="img"):
             write_label_png(labels_dir / f"{image_id}.png", pseudo)
-        write_text_lines(tmp / VOC_SUBDIR / "ImageSets" / "Segmentation" / "train.txt", ids)
+        write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
     log.info("wrote %d pseudo-labels to %s", len(ids), OUT / VOC_SUBDIR)
+    view = make_voc_view(OUT / VOC_SUBDIR, voc.root / "JPEGImages", VIEW)
+    log.info("VOC-shaped view (images + pseudo-labels) at %s", view)
 
 
 if __name__ == "__main__":

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 from dvclive import Live
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.models import backbone_normalization, build_classifier
 from pipeline.train import (
     ClassificationDataset,
+    amp_dtype,
     build_optimizer,
     eval_transform,
     evaluate_map,
@@ -31,34 +35,63 @@ LIVE_DIR = Path("dvclive/train")
 
 def main() -> None:
     model_p, train_p = load_params("model", "train")
+    distributed.launch(train_p.processes, "stages.train")
     index = load_index()
-    generator = seed_everything(train_p.seed)
-    device = resolve_device(train_p.device)
+    info, device = distributed.init(resolve_device(train_p.device))
+    try:
+        _train(model_p, train_p, index, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.device) -> None:
+    if train_p.batch_size % info.world_size:
+        raise ValueError(f"train.batch_size {train_p.batch_size} is the global batch: it must divide by train.processes {info.world_size}")
+    generator = seed_everything(train_p.seed)  # the same initial weights on every rank
+    amp = amp_dtype(train_p.amp, device)
     mean, std = backbone_normalization(model_p.backbone)
     mean, std = model_p.mean or mean, model_p.std or std
 
     model = build_classifier(model_p.backbone, len(index.classes), weights=model_p.weights, output_stride=model_p.output_stride)
     model = model.to(device).to(memory_format=torch.channels_last)
     labels = {i: index.labels(i) for i in index.images}
-    train_set = ClassificationDataset(index.dataset("train"), labels, train_augmentation(train_p.crop_size, seed=train_p.seed), mean, std)
+    fill = [255 * m for m in mean]  # padding in the mean colour: zero after normalisation
+    augment = train_augmentation(train_p.crop_size, seed=train_p.seed + info.rank, kind=train_p.augment, fill=fill)
+    train_set = ClassificationDataset(index.dataset("train"), labels, augment, mean, std)
     val_set = ClassificationDataset(index.dataset("val"), labels, eval_transform(train_p.crop_size), mean, std)
     loader_kw = dict(num_workers=train_p.num_workers, pin_memory=device.type == "cuda", persistent_workers=train_p.num_workers > 0)
-    train_loader = DataLoader(train_set, batch_size=train_p.batch_size, shuffle=True, drop_last=len(train_set) > train_p.batch_size, generator=generator, **loader_kw)
+    per_rank = train_p.batch_size // info.world_size
+    drop_last = len(train_set) > train_p.batch_size
+    if info.distributed:  # each rank a disjoint share of every epoch, reshuffled per epoch
+        sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=train_p.seed, drop_last=drop_last)
+        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **loader_kw)
+    else:
+        sampler = None
+        train_loader = DataLoader(train_set, batch_size=per_rank, shuffle=True, drop_last=drop_last, generator=generator, **loader_kw)
     val_loader = DataLoader(val_set, batch_size=train_p.batch_size, shuffle=False, **loader_kw)
 
     optimizer = build_optimizer(model, train_p)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
     total_steps = train_p.epochs * len(train_loader)
     step, start = 0, time.perf_counter()
     loss = val_map = float("nan")
-    with Live(str(LIVE_DIR), save_dvc_exp=False, dvcyaml=False) as live:
+    live = Live(str(LIVE_DIR), save_dvc_exp=False, dvcyaml=False) if info.is_main else contextlib.nullcontext()
+    with live:
         for epoch in range(train_p.epochs):
-            bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{train_p.epochs}", unit="batch", leave=False)
-            loss, step = train_one_epoch(model, train_loader, optimizer, schedule=train_p.schedule, step=step, total_steps=total_steps, device=device, progress=bar)
-            val_map = evaluate_map(model, val_loader, device)
-            live.log_metric("loss", loss)
-            live.log_metric("val_map", val_map)
-            live.next_step()
-            log.info("epoch %d/%d: loss %.4f, val mAP %.4f", epoch + 1, train_p.epochs, loss, val_map)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{train_p.epochs}", unit="batch", leave=False, disable=not info.is_main)
+            loss, step = train_one_epoch(net, train_loader, optimizer, schedule=train_p.schedule, step=step, total_steps=total_steps,
+                                         device=device, progress=bar, amp=amp, scaler=scaler)
+            if info.is_main:  # the other ranks go on and wait for rank 0 at the next gradient exchange
+                val_map = evaluate_map(model, val_loader, device, amp)
+                live.log_metric("loss", loss)
+                live.log_metric("val_map", val_map)
+                live.next_step()
+                log.info("epoch %d/%d: loss %.4f, val mAP %.4f", epoch + 1, train_p.epochs, loss, val_map)
+    if not info.is_main:
+        return
 
     # through a file object: torch.save names the archive after a path, and the temporary
     # path is random, so saving by path would make identical weights differ byte for byte
@@ -74,7 +107,7 @@ def main() -> None:
             },
             f,
         )
-    write_json(METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs})
+    write_json(METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs, "processes": info.world_size})
     log.info("trained in %.0f s", time.perf_counter() - start)
 
 

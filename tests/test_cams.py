@@ -144,3 +144,39 @@ def test_upsample_places_cell_centres():
     assert float(up[0, 0]) == 0.0
     n = normalize_maps(torch.tensor([[[0.0, 2.0], [1.0, 0.0]]]))
     assert float(n.max()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_bf16_autocast_maps_close_to_float32():
+    """cam.amp on: the same core under autocast gives float32 maps close to full precision."""
+    from pipeline.cams import compute_cams as cc
+    from pipeline.models import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 4, weights="none", output_stride=16).eval()
+    images = torch.randn(2, 3, 64, 64)
+    full = cc(model, images, [[0, 2], [1]], "gradcam")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = cc(model, images, [[0, 2], [1]], "gradcam")
+    for a, b in zip(full, half):
+        assert b.dtype == torch.float32
+        assert (a - b).abs().max() < 0.1
+
+
+def test_one_autograd_call_equals_per_class_backward():
+    """The batched (is_grads_batched) gradients equal K separate backward passes, for a
+    GAP + linear head and through VGG's fully connected head."""
+    from pipeline.cams import _class_gradients
+    from pipeline.models import build_classifier
+
+    torch.manual_seed(0)
+    for backbone in ("resnet18", "vgg16"):
+        model = build_classifier(backbone, 5, weights="none", output_stride=16).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            feats = model.forward_features(x)
+        feats = feats.detach().requires_grad_(True)
+        scores = model.forward_head(feats).gather(1, torch.tensor([[0, 3, 4], [2, 2, 1]]))
+        (batched,) = _class_gradients(scores, [feats])
+        for k in range(3):
+            (ref,) = torch.autograd.grad(scores[:, k].sum(), feats, retain_graph=True)
+            torch.testing.assert_close(batched[k], ref, atol=1e-6, rtol=1e-5)

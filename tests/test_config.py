@@ -37,12 +37,24 @@ def test_load_params_rejects_unknown_section_and_key(tmp_path):
     assert train.epochs == 2
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml"])
 def test_shipped_params_files_validate(name):
     from pathlib import Path
 
+    import torch
+
+    from pipeline.cams import list_methods
+    from pipeline.models import _get_spec
+    from pipeline.train import amp_dtype, train_augmentation
     from stages.common import SECTIONS
 
     path = Path(__file__).resolve().parents[1] / name
     sections = load_params(*SECTIONS, path=path)
     assert len(sections) == len(SECTIONS)
+    _, model, train, cam = sections[:4]
+    _get_spec(model.backbone)  # a known backbone
+    assert cam.method in list_methods()
+    train_augmentation(train.crop_size, kind=train.augment)
+    for amp in (train.amp, cam.amp):
+        amp_dtype(amp, torch.device("cpu"))
+    assert train.optimizer in ("sgd", "adamw") and train.schedule in ("poly", "cosine", "constant")

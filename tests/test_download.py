@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import download as dl
+from pipeline import download as dl
 from pipeline.data.voc import VOCDataset
 from pipeline.io import read_label_png, write_label_png
 

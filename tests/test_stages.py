@@ -150,3 +150,55 @@ def test_voc_source_bad_input_names_file_and_writes_nothing(tmp_path, damage, me
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "data" / "prepared").exists()
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "data").glob("*")) if (tmp_path / "data").exists() else True
+
+
+def _copy_run(src: Path, dst: Path, params: dict) -> None:
+    import shutil
+
+    for sub in ("data/prepared", "models", "outputs/masks"):
+        if (src / sub).exists():
+            shutil.copytree(src / sub, dst / sub, symlinks=True)
+    write_params(dst, params)
+
+
+def _seeds(folder: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path, allow_pickle=False) as f:
+            out[path.stem] = f["maps"].astype(np.float32)
+    return out
+
+
+def test_cams_in_two_processes_equal_one_process(pipeline_run, tmp_path):
+    """cam.processes: 2 relaunches the stage under torchrun (gloo on the CPU), shards the
+    batches over the ranks and gathers every seed into one folder: the same seeds."""
+    params = {**TINY, "cam": {**TINY["cam"], "processes": 2}}
+    _copy_run(pipeline_run, tmp_path, params)
+    result = run_stage(tmp_path, "cams")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _seeds(pipeline_run / "outputs/seeds"), _seeds(tmp_path / "outputs/seeds")
+    assert sorted(one) == sorted(two) and len(one) == 24
+    for image_id in one:
+        np.testing.assert_allclose(two[image_id], one[image_id], atol=2e-3, err_msg=image_id)
+    assert not list((tmp_path / "outputs").glob(".seeds*"))  # no temporary folder left
+
+
+def test_train_in_two_processes(pipeline_run, tmp_path):
+    params = {**TINY, "train": {**TINY["train"], "processes": 2}}
+    _copy_run(pipeline_run, tmp_path, params)
+    result = run_stage(tmp_path, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics/train.json").read_text())
+    assert metrics["processes"] == 2 and 0 <= metrics["val_map"] <= 1
+    import torch
+
+    state = torch.load(tmp_path / "models/classifier.pt", weights_only=True)["state_dict"]
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped: cams loads it as it is
+
+
+def test_train_batch_must_divide_by_processes(pipeline_run, tmp_path):
+    params = {**TINY, "train": {**TINY["train"], "batch_size": 7, "processes": 2}}
+    _copy_run(pipeline_run, tmp_path, params)
+    result = run_stage(tmp_path, "train")
+    assert result.returncode != 0
+    assert "must divide by train.processes 2" in result.stderr

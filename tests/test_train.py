@@ -43,3 +43,47 @@ def test_device_names():
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
         resolve_device("tpu")
+
+
+def test_amp_dtype_choices():
+    from pipeline.train import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype("auto", cpu) is None  # CPU autocast is slower than float32 on most CPUs
+    assert amp_dtype("off", cpu) is None
+    assert amp_dtype("bf16", cpu) is torch.bfloat16 and amp_dtype("fp16", cpu) is torch.float16
+    with pytest.raises(ValueError, match="valid: auto, off, bf16, fp16"):
+        amp_dtype("half", cpu)
+
+
+def test_one_epoch_under_bf16_autocast_learns():
+    """The AMP path runs on the CPU too: bf16 autocast, float32 loss, weights updated."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pipeline.train import train_one_epoch
+
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 3, weights="none", output_stride=32)
+    x = torch.randn(8, 3, 32, 32)
+    y = (torch.rand(8, 3) > 0.5).float()
+    params = TrainParams(lr=1e-3)
+    opt = build_optimizer(model, params)
+    before = model.head.weight.detach().clone()
+    loss, step = train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=4), opt, schedule="constant", step=0,
+                                 total_steps=2, device=torch.device("cpu"), amp=torch.bfloat16)
+    assert step == 2 and np.isfinite(loss)
+    assert not torch.equal(before, model.head.weight)
+
+
+@pytest.mark.parametrize("shape", [(200, 150), (900, 700)])
+def test_irn_augmentation_gives_crops_of_the_size(shape):
+    from pipeline.train import train_augmentation
+
+    aug = train_augmentation(256, seed=0, kind="irn", fill=(124, 116, 104))
+    image = np.full((*shape, 3), 7, np.uint8)
+    out = [aug(image=image)["image"] for _ in range(4)]
+    assert all(o.shape == (256, 256, 3) for o in out)
+    if shape == (200, 150):  # long side resized to 320..640: a 150 px side can leave mean-coloured padding
+        assert any((o == (124, 116, 104)).all(axis=-1).any() for o in out)
+    with pytest.raises(ValueError, match="valid: resized_crop, irn"):
+        train_augmentation(64, kind="mixup")

@@ -1,6 +1,6 @@
 """Download PASCAL VOC 2012 and SBD, verify, extract atomically, build train_aug.
 
-``make data-voc`` runs ``python -m pipeline.data.download --dest data``, which leaves::
+``make data-voc`` runs ``python -m pipeline.download --dest data``, which leaves::
 
     data/VOCdevkit/VOC2012/                      the VOC 2012 trainval tree (17,125 images)
         SegmentationClassAug/<id>.png            SBD's masks as VOC PNGs (VOC's own masks where both exist)

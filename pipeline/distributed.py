@@ -1,0 +1,121 @@
+"""Several processes for one stage (DDP training, sharded seed generation) through torchrun.
+
+A stage asks for ``processes > 1`` in its params; :func:`launch` then re-runs the same
+module under ``torchrun --standalone --nproc_per_node=N`` and waits for it, so ``dvc
+repro`` needs no other command. Inside, :func:`init` joins the process group: NCCL on
+CUDA (one GPU per process, by local rank), gloo on the CPU, so every multi-process path
+also runs, and is tested, on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from pipeline.io import atomic_dir
+
+__all__ = ["DistInfo", "launch", "init", "shutdown", "barrier", "broadcast_object", "shard", "shared_atomic_dir"]
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launch(processes: int, module: str) -> None:
+    """Run ``python -m module`` in ``processes`` processes under torchrun and exit with its status.
+
+    Returns at once (doing nothing) when one process is asked for, or when this process
+    already is one of torchrun's workers.
+    """
+    if processes <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m", module]
+    raise SystemExit(subprocess.call(cmd))
+
+
+def init(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun set up (if any); returns the rank facts and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), world, local_rank), device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: T, info: DistInfo) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.distributed:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's share: every ``world_size``-th item from its rank on (balanced to within one)."""
+    return list(items[info.rank :: info.world_size])
+
+
+@contextlib.contextmanager
+def shared_atomic_dir(path: str | os.PathLike, info: DistInfo) -> Iterator[Path]:
+    """:func:`pipeline.io.atomic_dir` shared by all ranks: rank 0 makes the temporary folder,
+    every rank writes its shard into it, and rank 0 renames it into place once all are done."""
+    if not info.distributed:
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    if info.is_main:
+        with atomic_dir(path) as tmp:
+            broadcast_object(str(tmp), info)
+            yield tmp
+            dist.barrier()  # every shard written before the rename
+    else:
+        tmp = Path(broadcast_object(None, info))
+        yield tmp
+        dist.barrier()
+    dist.barrier()  # no rank leaves before the output is in place
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order."""
+    if not info.distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

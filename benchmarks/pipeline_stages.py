@@ -7,10 +7,10 @@ length is not what is measured here). Stages run one after another as
 ``python -m stages.<name>``, exactly what ``dvc repro`` runs. For each stage:
 
 * ``wall_s``;
-* ``peak_rss_mib``: the largest resident set of any single process of the stage (the
-  kernel's ``ru_maxrss`` from ``wait4``: the stage or one of its pool workers);
+* ``peak_rss_mib``: the largest resident high-water mark (VmHWM) of any single process
+  of the stage: the stage itself or one of its pool workers;
 * ``peak_tree_rss_mib``: the largest sum of resident sets over the stage's process
-  tree, sampled every 50 ms from /proc (counts shared library pages once per process).
+  tree, sampled every 50 ms from /proc (shared library pages count once per process).
 
     python -m benchmarks.pipeline_stages                 # scales 1 and 4, 1 epoch (about 12 min on 2 cores)
     python -m benchmarks.pipeline_stages --scales 1 --epochs 15
@@ -35,8 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "train", "cams", "postprocess", "crf", "evaluate")
 
 
-def _tree_rss_bytes(pid: int) -> int:
-    """Sum of VmRSS over ``pid`` and its descendants (Linux /proc)."""
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """``(sum of VmRSS, largest VmHWM)`` in bytes over ``pid`` and its descendants (Linux /proc).
+
+    VmHWM is a process's resident high-water mark since its last exec, so the largest one
+    seen is the stage's peak single-process RSS however short the peak was. (The kernel's
+    ``ru_maxrss`` is no good here: it keeps the forking parent's size across the exec.)
+    """
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -47,37 +52,41 @@ def _tree_rss_bytes(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    total, hwm, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
         todo.extend(children.get(p, []))
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+            with open(f"/proc/{p}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            total += int(fields["VmRSS"].split()[0]) * 1024
+            hwm = max(hwm, int(fields["VmHWM"].split()[0]) * 1024)
+        except (OSError, KeyError, IndexError, ValueError):
+            pass  # gone, or a zombie without memory
+    return total, hwm
 
 
 def run_stage(name: str, cwd: Path, log) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    peak = [0]
+    peak_tree, peak_one = [0], [0]
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], _tree_rss_bytes(proc.pid))
+        while True:
+            tree, one = _tree_memory(proc.pid)
+            peak_tree[0], peak_one[0] = max(peak_tree[0], tree), max(peak_one[0], one)
+            if done.wait(0.05):
+                return
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc.wait()
     done.set()
     sampler.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"stage {name} failed in {cwd} (exit {proc.returncode}); see its log {log.name}")
-    return {"wall_s": time.perf_counter() - start, "peak_rss_mib": usage.ru_maxrss / 1024, "peak_tree_rss_mib": peak[0] / 2**20}
+    return {"wall_s": time.perf_counter() - start, "peak_rss_mib": peak_one[0] / 2**20, "peak_tree_rss_mib": peak_tree[0] / 2**20}
 
 
 def main(argv: list[str] | None = None) -> dict:

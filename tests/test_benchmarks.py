@@ -46,8 +46,21 @@ def test_crf_speed_quick(tmp_path):
     assert out["results"]["all_labels_cost_vs_present"] > 0
 
 
-def test_tree_rss_counts_this_process():
-    rss = pipeline_stages._tree_rss_bytes(os.getpid())
-    with open("/proc/self/statm") as f:
-        own = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    assert rss >= own * 0.9
+def test_tree_memory_sees_a_child_and_its_peak():
+    import subprocess
+    import sys
+    import time
+
+    # a child that holds 200 MiB for a moment, then frees it and sleeps
+    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); del b; time.sleep(1.5)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.2)  # the 200 MiB are freed by now; the high-water mark remembers them
+        child_now, child_peak = pipeline_stages._tree_memory(child.pid)
+        tree, _ = pipeline_stages._tree_memory(os.getpid())
+    finally:
+        child.wait()
+    with open("/proc/self/status") as f:
+        own = int(next(line for line in f if line.startswith("VmRSS")).split()[1]) * 1024
+    assert child_peak >= 200 * 2**20 > child_now  # the freed peak is still seen
+    assert tree >= 0.9 * own + child_now  # the child is counted in its parent's tree

@@ -202,3 +202,17 @@ def test_train_batch_must_divide_by_processes(pipeline_run, tmp_path):
     result = run_stage(tmp_path, "train")
     assert result.returncode != 0
     assert "must divide by train.processes 2" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_vgg16_through_train_and_cams(pipeline_run, tmp_path, method):
+    """VGG16 (fully connected head: the Grad-CAM paper's case) through the stages."""
+    params = {**TINY, "model": {"backbone": "vgg16", "weights": "none", "output_stride": 16},
+              "cam": {**TINY["cam"], "method": method, "scales": [1.0], "flip": False}}
+    _copy_run(pipeline_run, tmp_path, params)
+    for stage in ("train", "cams", "postprocess"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    seeds = _seeds(tmp_path / "outputs/seeds")
+    assert len(seeds) == 24
+    assert all(m.shape[1:] == (16, 16) and np.isfinite(m).all() and m.max() <= 1.0 for m in seeds.values())

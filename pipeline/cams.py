@@ -127,9 +127,13 @@ def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor
 
 @register_method("cam", needs_gradients=False)
 def _cam(ctx: CamContext) -> torch.Tensor:
-    head = getattr(ctx.model, "head", None)
+    getter = getattr(ctx.model, "linear_head", None)
+    head = getter() if callable(getter) else getattr(ctx.model, "head", None)
     if not isinstance(head, nn.Linear):
-        raise ValueError("method 'cam' needs a model whose `head` is one nn.Linear after global average pooling")
+        raise ValueError(
+            "method 'cam' needs global average pooling + one nn.Linear head (a model's `linear_head()` or `head`); "
+            "use gradcam for other heads"
+        )
     return torch.einsum("nkc,nchw->nkhw", head.weight[ctx.class_ids], ctx.features)
 
 

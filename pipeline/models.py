@@ -190,6 +190,10 @@ class CamClassifier(nn.Module):
         """The freshly initialised classifier (trained at ``head_lr_mult`` x the rate)."""
         return self.head
 
+    def linear_head(self) -> nn.Linear:
+        """The linear layer after global average pooling (what the ``cam`` method weights with)."""
+        return self.head
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(images))
 
@@ -234,6 +238,12 @@ class TimmClassifier(nn.Module):
 
     def new_layers(self) -> nn.Module:
         return self.net.get_classifier()
+
+    def linear_head(self) -> nn.Linear | None:
+        """timm's classifier when the head is global average pooling + one linear layer, else None."""
+        classifier = self.net.get_classifier()
+        pool = getattr(getattr(self.net, "global_pool", None), "pool_type", None)
+        return classifier if isinstance(classifier, nn.Linear) and pool == "avg" else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

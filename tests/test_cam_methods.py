@@ -75,7 +75,7 @@ def test_counterfactual_is_negated_gradcam():
 
 def test_vgg_gradcam_differs_from_cam_definition():
     model = _model("vgg16")
-    with pytest.raises(ValueError, match="needs a model whose `head` is one nn.Linear"):
+    with pytest.raises(ValueError, match=r"needs global average pooling \+ one nn.Linear head"):
         compute_cams(model, torch.randn(1, 3, 64, 64), [[0]], "cam")
 
 

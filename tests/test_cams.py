@@ -97,7 +97,7 @@ def test_gradcam_nonlinear_head_matches_hand_computed_gradient():
 
 
 def test_cam_needs_linear_head():
-    with pytest.raises(ValueError, match="needs a model whose `head` is one nn.Linear"):
+    with pytest.raises(ValueError, match=r"needs global average pooling \+ one nn.Linear head"):
         compute_cams(MLPModel(), torch.randn(1, 3, 8, 8), [[0]], "cam")
 
 
@@ -180,3 +180,17 @@ def test_one_autograd_call_equals_per_class_backward():
         for k in range(3):
             (ref,) = torch.autograd.grad(scores[:, k].sum(), feats, retain_graph=True)
             torch.testing.assert_close(batched[k], ref, atol=1e-6, rtol=1e-5)
+
+
+def test_cam_on_a_timm_model_is_gradcam_times_area():
+    """timm models with avg pooling + linear classifier (EfficientNet-Lite0) support `cam`."""
+    from pipeline.cams import compute_cams as cc
+    from pipeline.models import build_classifier
+
+    torch.manual_seed(0)
+    model = build_classifier("timm:efficientnet_lite0", 5, weights="none", output_stride=32).eval()
+    images = torch.randn(2, 3, 96, 96)
+    cam = cc(model, images, [[0, 4], [2]], "cam", normalize=False)
+    grad = cc(model, images, [[0, 4], [2]], "gradcam", normalize=False)
+    for c, g in zip(cam, grad):
+        torch.testing.assert_close(c, g * 9, atol=1e-4, rtol=1e-4)  # a 3 x 3 map: dS/dA = W / 9

@@ -22,17 +22,22 @@ from pipeline.io import write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 1) -> dict[str, dict]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup: int = 1,
+                        device: torch.device | str = "cpu") -> dict[str, dict]:
     """Median (and all) wall times of each function, run round-robin: ``warmup`` untimed
-    rounds, then ``runs`` timed rounds in which every function runs once."""
+    rounds, then ``runs`` timed rounds in which every function runs once. On a CUDA
+    ``device`` each run ends with a synchronisation, so queued GPU work is counted."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: {"median_s": statistics.median(t), "runs_s": [round(x, 5) for x in t]} for name, t in times.items()}
 
@@ -47,6 +52,23 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def add_device_args(parser) -> None:
+    """``--device`` and ``--amp`` (autocast dtype), shared by the model benchmarks."""
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (GPU runs sync before and after each timed call)")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast every timed call (ours, the floor and the peer alike)")
+
+
+def autocast(device: torch.device, amp: str):
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def result_name(base: str, quick: bool, device: torch.device, amp: str) -> str:
+    """``cam_speed``, ``cam_speed_quick``, ``cam_speed_cuda_bf16``, ...: CPU results keep the plain name."""
+    parts = [base] + (["quick"] if quick else []) + ([device.type] if device.type != "cpu" else []) + ([amp] if amp != "off" else [])
+    return "_".join(parts)
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -14,6 +14,7 @@ pytorch-grad-cam's own output scaling) and records the largest difference.
 
     python -m benchmarks.cam_speed            # the issue's setting (about 15 min on 2 cores)
     python -m benchmarks.cam_speed --quick    # a smoke run: resnet18, 64 px, batch 2
+    python -m benchmarks.cam_speed --device cuda --amp bf16   # on a GPU, everything under autocast
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import argparse
 import numpy as np
 import torch
 
-from benchmarks._common import interleaved_medians, print_table, write_results
+from benchmarks._common import add_device_args, autocast, interleaved_medians, print_table, result_name, write_results
 from pipeline.cams import compute_cams
 from pipeline.models import build_classifier
 
@@ -49,7 +50,7 @@ def _max_difference(ours: list[torch.Tensor], theirs: list[np.ndarray], size: tu
 
     worst = 0.0
     for k, peer in enumerate(theirs):
-        mine = np.stack([m[k].numpy() for m in ours])
+        mine = np.stack([m[k].cpu().numpy() for m in ours])
         mine = scale_cam_image(scale_cam_image(np.maximum(mine, 0), (size[1], size[0])))
         worst = max(worst, float(np.abs(mine - peer).max()))
     return worst
@@ -64,7 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, 64 px, batch 2, 1 run")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.quick:
         args.backbone, args.size, args.batch, args.runs = "resnet18", 64, 2, 1
     try:
@@ -72,11 +75,14 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError:
         raise SystemExit("cam_speed needs pytorch-grad-cam (`pip install grad-cam`, in requirements.txt)") from None
     peers = {"GradCAM": GradCAM, "GradCAMPlusPlus": GradCAMPlusPlus}
+    if args.amp == "bf16":  # it copies activations to numpy, which has no bfloat16
+        print("pytorch-grad-cam cannot run under bf16 autocast (numpy has no bfloat16): timing ours against the floor only")
+        peers = {}
 
     torch.manual_seed(0)
     num_classes = 20
-    model = build_classifier(args.backbone, num_classes, weights="none", output_stride=32).eval()
-    images = torch.randn(args.batch, 3, args.size, args.size)
+    model = build_classifier(args.backbone, num_classes, weights="none", output_stride=32).eval().to(device)
+    images = torch.randn(args.batch, 3, args.size, args.size).to(device)
     generator = torch.Generator().manual_seed(0)
 
     rows, results = [], {}
@@ -86,20 +92,28 @@ def main(argv: list[str] | None = None) -> dict:
         agreement = _max_difference(ours_maps, _peer_maps(GradCAM, model, images, class_ids), (args.size, args.size))
 
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, args.amp):
                 model(images)
+
+        def ours(method):
+            with autocast(device, args.amp):
+                return compute_cams(model, images, class_ids, method)
+
+        def peer(cls):
+            with autocast(device, args.amp):
+                return _peer_maps(cls, model, images, class_ids)
 
         fns = {"forward": forward}
         for method in OURS:
-            fns[method] = lambda m=method: compute_cams(model, images, class_ids, m)
+            fns[method] = lambda m=method: ours(m)
         for name, cls in peers.items():
-            fns[f"pytorch-grad-cam {name}"] = lambda c=cls: _peer_maps(c, model, images, class_ids)
-        timing = interleaved_medians(fns, runs=args.runs)
+            fns[f"pytorch-grad-cam {name}"] = lambda c=cls: peer(c)
+        timing = interleaved_medians(fns, runs=args.runs, device=device)
         floor = timing["forward"]["median_s"]
         results[f"k{k}"] = {"max_map_difference_vs_pytorch_grad_cam": agreement, "timings": timing, "methods": {}}
         for method in OURS:
             entry = {"median_s": timing[method]["median_s"], "ratio_vs_floor": timing[method]["median_s"] / floor}
-            if method in PEER_OF:
+            if method in PEER_OF and peers:
                 peer_s = timing[f"pytorch-grad-cam {PEER_OF[method]}"]["median_s"]
                 entry.update(pytorch_grad_cam_median_s=peer_s, pytorch_grad_cam_ratio_vs_floor=peer_s / floor,
                              speedup_vs_pytorch_grad_cam=peer_s / timing[method]["median_s"])
@@ -109,9 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"K={k}: our gradcam vs pytorch-grad-cam maps, largest difference {agreement:.2e}")
     print_table(["K", "method", "forward s", "ours s", "ours/forward", "peer/forward", "peer/ours"], rows)
     setting = {"backbone": args.backbone, "image_size": args.size, "batch": args.batch, "runs": args.runs,
-               "num_classes": num_classes, "statistic": "median after one warm-up round, interleaved"}
+               "num_classes": num_classes, "device": str(device), "amp": args.amp,
+               "statistic": "median after one warm-up round, interleaved"}
     payload = {"setting": setting, "results": results}
-    write_results("cam_speed_quick" if args.quick else "cam_speed", payload, *( [args.out] if args.out else []))
+    write_results(result_name("cam_speed", args.quick, device, args.amp), payload, *([args.out] if args.out else []))
     return payload
 
 

@@ -8,6 +8,7 @@ as the ``cams`` stage stores it. Both run in contiguous (NCHW) and channels_last
 
     python -m benchmarks.multiscale           # resnet50 OS16, 448 px, batch 2, K = 2
     python -m benchmarks.multiscale --quick   # smoke run: resnet18, 64 px, 1 run
+    python -m benchmarks.multiscale --device cuda --amp bf16 --batch 8
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import interleaved_medians, print_table, write_results
+from benchmarks._common import add_device_args, autocast, interleaved_medians, print_table, result_name, write_results
 from pipeline.cams import multiscale_cams
 from pipeline.models import build_classifier
 
@@ -35,16 +36,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, 64 px, 1 run")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    add_device_args(parser)
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     if args.quick:
         args.backbone, args.size, args.runs = "resnet18", 64, 1
 
     torch.manual_seed(0)
-    base = build_classifier(args.backbone, 20, weights="none", output_stride=args.output_stride).eval()
+    base = build_classifier(args.backbone, 20, weights="none", output_stride=args.output_stride).eval().to(device)
     layouts = {"contiguous": (base, torch.contiguous_format),
                "channels_last": (copy.deepcopy(base).to(memory_format=torch.channels_last), torch.channels_last)}
-    images = torch.randn(args.batch, 3, args.size, args.size)
-    class_ids = torch.stack([torch.randperm(20, generator=torch.Generator().manual_seed(i))[: args.k] for i in range(args.batch)])
+    images = torch.randn(args.batch, 3, args.size, args.size).to(device)
+    class_ids = torch.stack([torch.randperm(20, generator=torch.Generator().manual_seed(i))[: args.k] for i in range(args.batch)]).to(device)
     out_size = (args.size // 4, args.size // 4)
 
     fns = {}
@@ -54,14 +57,17 @@ def main(argv: list[str] | None = None) -> dict:
                   (x if f == 1.0 else F.interpolate(x, scale_factor=f, mode="bilinear", align_corners=False) for f in IRN_SCALES)]
 
         def floor(model=model, scaled=scaled):
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, args.amp):
                 for s in scaled:
                     model(s)
 
+        def ours(model=model, x=x):
+            with autocast(device, args.amp):
+                return multiscale_cams(model, x, class_ids, "gradcam", scales=IRN_SCALES, flip=True, output_size=out_size)
+
         fns[f"forward floor ({name})"] = floor
-        fns[f"gradcam 4 scales x flip ({name})"] = lambda model=model, x=x: multiscale_cams(
-            model, x, class_ids, "gradcam", scales=IRN_SCALES, flip=True, output_size=out_size)
-    timing = interleaved_medians(fns, runs=args.runs)
+        fns[f"gradcam 4 scales x flip ({name})"] = ours
+    timing = interleaved_medians(fns, runs=args.runs, device=device)
 
     rows, results = [], {}
     for name in layouts:
@@ -74,9 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(["layout", "sum of floors s", "ours s", "ours/floor", "s per image"], rows)
     print(f"channels_last speed-up of the seed pass: {results['channels_last_speedup']:.2f}x")
     setting = {"backbone": args.backbone, "output_stride": args.output_stride, "image_size": args.size,
-               "batch": args.batch, "classes_per_image": args.k, "scales": IRN_SCALES, "flip": True, "runs": args.runs}
+               "batch": args.batch, "classes_per_image": args.k, "scales": IRN_SCALES, "flip": True, "runs": args.runs,
+               "device": str(device), "amp": args.amp}
     payload = {"setting": setting, "results": results, "timings": timing}
-    write_results("multiscale_quick" if args.quick else "multiscale", payload, *([args.out] if args.out else []))
+    write_results(result_name("multiscale", args.quick, device, args.amp), payload, *([args.out] if args.out else []))
     return payload
 
 

@@ -30,7 +30,10 @@ Methods, registered by name (:func:`list_methods`):
 Any method can be wrapped in SmoothGrad (Smilkov et al. 2017,
 https://arxiv.org/abs/1706.03825): ``smooth_samples`` noisy copies of the input,
 Gaussian noise of ``smooth_sigma`` times the input's value range, maps averaged.
-``saliency`` with SmoothGrad is the ``smoothgrad`` map.
+
+* ``smoothgrad`` - the SmoothGrad map itself: ``saliency`` averaged over noisy copies
+  (``smooth_samples``, or the paper's 50 when it is 0), through :func:`multiscale_cams`
+  and :func:`explain`.
 """
 
 from __future__ import annotations
@@ -109,11 +112,19 @@ def register_method(name: str, *, needs_gradients: bool, input_resolution: bool 
     return wrap
 
 
+# names that stand for a registered method run through the SmoothGrad wrapper
+_SMOOTHED_ALIASES = {"smoothgrad": "saliency"}
+SMOOTHGRAD_DEFAULT_SAMPLES = 50  # Smilkov et al.: returns diminish beyond 50 samples
+
+
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted([*_METHODS, *_SMOOTHED_ALIASES])
 
 
 def _get_method(name: str) -> _Method:
+    if name in _SMOOTHED_ALIASES:
+        raise ValueError(f"{name!r} averages {_SMOOTHED_ALIASES[name]!r} over noisy copies: use explain() or multiscale_cams(), "
+                         f"or compute_cams(..., {_SMOOTHED_ALIASES[name]!r}) on noisy inputs")
     try:
         return _METHODS[name]
     except KeyError:
@@ -446,6 +457,9 @@ def multiscale_cams(
     """
     if not scales:
         raise ValueError("scales must not be empty")
+    if method in _SMOOTHED_ALIASES:
+        method = _SMOOTHED_ALIASES[method]
+        smooth_samples = smooth_samples if smooth_samples > 0 else SMOOTHGRAD_DEFAULT_SAMPLES
     n, _, h, w = images.shape
     padded, counts = _pad_class_ids(class_ids, _num_outputs(model, images), images.device)
     total = None

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cams import compute_cams, explain, list_layers, multiscale_cams, normalize_maps
+from pipeline.cams import compute_cams, explain, list_layers, list_methods, multiscale_cams, normalize_maps
 from pipeline.models import build_classifier
 
 gradcam_lib = pytest.importorskip("pytorch_grad_cam", reason="grad-cam (pytorch-grad-cam) is a test-only dependency in requirements.txt")
@@ -156,3 +156,36 @@ def test_smoothgrad_wrapper_and_saliency():
     model(x)[0, 0].backward()
     ref = x.grad.abs().amax(dim=1)[0]
     torch.testing.assert_close(sal[0][0], ref / ref.max(), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_is_the_mean_input_gradient_over_noisy_copies():
+    """``smoothgrad`` against SmoothGrad written out: the same noise draws, one full
+    backward per noisy copy, absolute gradient (max over colour), averaged, max-scaled."""
+    model = _model("resnet18")
+    images = torch.randn(2, 3, 32, 32)
+    samples, sigma = 3, 0.2
+    ours = explain(model, images, [[0], [1]], "smoothgrad", smooth_samples=samples, smooth_sigma=sigma,
+                   generator=torch.Generator().manual_seed(5))
+    noise = torch.randn((samples, *images.shape), generator=torch.Generator().manual_seed(5))
+    span = images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))
+    model.eval()
+    for i, cls in enumerate((0, 1)):
+        total = torch.zeros(32, 32)
+        for s in range(samples):
+            x = (images[i] + noise[s, i] * sigma * span[i])[None].requires_grad_(True)
+            model(x)[0, cls].backward()
+            total += x.grad.abs().amax(dim=1)[0]
+        torch.testing.assert_close(ours[i][0], total / total.max(), rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_defaults_to_the_papers_samples_and_is_listed():
+    from pipeline.cams import SMOOTHGRAD_DEFAULT_SAMPLES
+
+    model = _model("resnet18")
+    images = torch.randn(1, 3, 32, 32)
+    assert "smoothgrad" in list_methods() and SMOOTHGRAD_DEFAULT_SAMPLES == 50
+    default = explain(model, images, [[2]], "smoothgrad", generator=torch.Generator().manual_seed(1))
+    explicit = explain(model, images, [[2]], "saliency", smooth_samples=50, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(default[0], explicit[0])
+    with pytest.raises(ValueError, match="averages 'saliency' over noisy copies"):
+        compute_cams(model, images, [[2]], "smoothgrad")

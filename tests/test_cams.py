@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.cams import compute_cams, list_methods, normalize_maps, upsample_maps
+from pipeline.cams import compute_cams, list_methods, multiscale_cams, normalize_maps, upsample_maps
 from pipeline.models import CamClassifier
 
 
@@ -194,3 +194,28 @@ def test_cam_on_a_timm_model_is_gradcam_times_area():
     grad = cc(model, images, [[0, 4], [2]], "gradcam", normalize=False)
     for c, g in zip(cam, grad):
         torch.testing.assert_close(c, g * 9, atol=1e-4, rtol=1e-4)  # a 3 x 3 map: dS/dA = W / 9
+
+
+def test_multiscale_gradcam_equals_irn_multiscale_cam_on_linear_head():
+    """Per-position maps are summed as densities (x h w per scale), so on GAP + linear
+    multi-scale Grad-CAM (and XGrad-CAM, its equal there) is IRN's summed CAM, written
+    out here from raw single-scale CAMs; without the factor the scales would weigh 1/s^2."""
+    model = _linear_model()
+    x = torch.randn(2, 3, 16, 12)
+    ids = [[0, 2], [3, 1]]
+    scales = (1.0, 0.5, 1.5, 2.0)
+    out = (8, 6)
+    cams = multiscale_cams(model, x, ids, "cam", scales=scales, flip=True, output_size=out)
+    total = 0
+    for s in scales:
+        xs = x if s == 1.0 else torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+        for flipped in (False, True):
+            raw = compute_cams(model, xs.flip(-1) if flipped else xs, ids, "cam", normalize=False)
+            raw = torch.stack([torch.relu(r) for r in raw])
+            total = total + upsample_maps(raw.flip(-1) if flipped else raw, out)
+    ref = normalize_maps(total)
+    for method in ("gradcam", "xgradcam"):
+        maps = multiscale_cams(model, x, ids, method, scales=scales, flip=True, output_size=out)
+        for m, c, r in zip(maps, cams, ref):
+            torch.testing.assert_close(c, r, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-5)

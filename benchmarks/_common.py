@@ -27,7 +27,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup:
     """Median (and all) wall times of each function, run round-robin: ``warmup`` untimed
     rounds, then ``runs`` timed rounds in which every function runs once. On a CUDA
     ``device`` each run ends with a synchronisation, so queued GPU work is counted."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    device = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -65,10 +66,11 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def result_name(base: str, quick: bool, device: torch.device, amp: str) -> str:
-    """``cam_speed``, ``cam_speed_quick``, ``cam_speed_cuda_bf16``, ...: CPU results keep the plain name."""
+def result_name(base: str, quick: bool, device: torch.device, amp: str, batch: int | None = None) -> str:
+    """``cam_speed``, ``cam_speed_quick``, ``cam_speed_cuda_bf16``, ``cam_speed_cuda_batch64``, ...:
+    the default setting on the CPU keeps the plain name; ``batch`` is a non-default batch size."""
     parts = [base] + (["quick"] if quick else []) + ([device.type] if device.type != "cpu" else []) + ([amp] if amp != "off" else [])
-    return "_".join(parts)
+    return "_".join(parts + ([f"batch{batch}"] if batch is not None else []))
 
 
 def print_table(header: list[str], rows: list[list]) -> None:

@@ -123,6 +123,7 @@ def register_method(name: str, *, needs_gradients: bool, input_resolution: bool 
 # names that stand for a registered method run through the SmoothGrad wrapper
 _SMOOTHED_ALIASES = {"smoothgrad": "saliency"}
 SMOOTHGRAD_DEFAULT_SAMPLES = 50  # Smilkov et al.: returns diminish beyond 50 samples
+SMOOTH_IMAGES_PER_CALL = 32  # SmoothGrad runs its noisy copies through the network this many images at a time
 
 
 def list_methods() -> list[str]:
@@ -430,10 +431,17 @@ def _smoothed(model, images, padded, method, layers, samples, sigma, scorecam_ba
         return F.relu(torch.stack(maps))
     n = images.shape[0]
     span = (images.amax(dim=(1, 2, 3)) - images.amin(dim=(1, 2, 3))).view(1, n, 1, 1, 1)
-    noise = torch.randn((samples, *images.shape), generator=generator, device="cpu").to(images.device, images.dtype)
-    noisy = (images[None] + noise * sigma * span).reshape(samples * n, *images.shape[1:])
-    maps = compute_cams(model, noisy, padded.repeat(samples, 1), method, layers=layers, normalize=False, scorecam_batch_size=scorecam_batch_size)
-    return F.relu(torch.stack(maps)).reshape(samples, n, *maps[0].shape).mean(dim=0)
+    per_call = max(1, SMOOTH_IMAGES_PER_CALL // n)  # noisy copies in one pass: memory stays bounded
+    total = None
+    for start in range(0, samples, per_call):
+        count = min(per_call, samples - start)
+        noise = torch.randn((count, *images.shape), generator=generator, device="cpu").to(images.device, images.dtype)
+        noisy = (images[None] + noise * sigma * span).reshape(count * n, *images.shape[1:])
+        maps = compute_cams(model, noisy, padded.repeat(count, 1), method, layers=layers, normalize=False,
+                            scorecam_batch_size=scorecam_batch_size)
+        chunk = F.relu(torch.stack(maps)).reshape(count, n, *maps[0].shape).sum(dim=0)
+        total = chunk if total is None else total + chunk
+    return total / samples
 
 
 def multiscale_cams(
@@ -468,7 +476,11 @@ def multiscale_cams(
     ``xgradcam``, ``layercam``, ``saliency``) are therefore multiplied by their map's
     ``h w`` first; a single map is unchanged (the factor is positive and the maps are
     max-normalised), and on a GAP + linear head multi-scale Grad-CAM equals IRN's
-    multi-scale CAM exactly. (Grad-CAM++'s weights are already free of the factor.)
+    multi-scale CAM exactly. This assumes the head average-pools the target map (true
+    of the torchvision, VGG16 and default timm heads here). Grad-CAM++ is not scaled:
+    its alphas follow no single power of ``h w`` (the 1e-6 in their denominator, as in
+    pytorch-grad-cam, dominates when gradients are small), so its scales keep the
+    weights its formula gives them.
     Measured: on the built-in dataset Grad-CAM seeds 0.646 without it and 0.661 with
     it; on 300 real VOC images with EfficientNet-Lite0, 0.334 and 0.376.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,19 @@ def load_index(path: Path = INDEX_FILE) -> DatasetIndex:
     return DatasetIndex.from_dict(read_json(path), str(path))
 
 
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run(main) -> None:
-    """Run a stage's ``main``; known input errors print one clear line and exit 1."""
+    """Run a stage's ``main``; known input errors print one clear line and exit 1.
+
+    SIGTERM (``kill``, a scheduler's time limit, torchrun stopping its workers) becomes
+    an exit through the stack, so every temporary output folder is removed on the way
+    out, as on Ctrl-C; the previous complete output stays in place.
+    """
     setup_logging()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:

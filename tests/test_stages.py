@@ -1,8 +1,10 @@
 """The stages end to end on a tiny built-in dataset, and their errors on bad input."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,20 @@ def test_vgg16_through_train_and_cams(pipeline_run, tmp_path, method):
     seeds = _seeds(tmp_path / "outputs/seeds")
     assert len(seeds) == 24
     assert all(m.shape[1:] == (16, 16) and np.isfinite(m).all() and m.max() <= 1.0 for m in seeds.values())
+
+
+def test_sigterm_removes_the_temporary_output(tmp_path):
+    """A stage killed with SIGTERM while writing exits 143 and leaves neither a temporary
+    folder nor a partial output behind."""
+    params = {**TINY, "data": {"builtin": {"num_train": 4000, "num_val": 8, "image_size": 64, "seed": 1}}}
+    write_params(tmp_path, params)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("data/.prepared.*.tmp/**/*.jpg")):  # mid-write: images already in the folder
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "prepare never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert list((tmp_path / "data").iterdir()) == []

@@ -123,6 +123,7 @@ def register_method(name: str, *, needs_gradients: bool, input_resolution: bool 
 # names that stand for a registered method run through the SmoothGrad wrapper
 _SMOOTHED_ALIASES = {"smoothgrad": "saliency"}
 SMOOTHGRAD_DEFAULT_SAMPLES = 50  # Smilkov et al.: returns diminish beyond 50 samples
+SALIENCY_PIXELS_PER_CALL = 2**21  # saliency back-propagates this many input pixels at a time (2 VOC images at scale 2)
 SMOOTH_IMAGES_PER_CALL = 32  # SmoothGrad runs its noisy copies through the network this many images at a time
 
 
@@ -217,15 +218,22 @@ def _scorecam(ctx: CamContext) -> torch.Tensor:
 
 @register_method("saliency", needs_gradients=False, input_resolution=True, per_position=True)
 def _saliency(ctx: CamContext) -> torch.Tensor:
-    # the input gradient needs the backward through the whole network, by definition
-    x = ctx.images.detach().requires_grad_(True)
-    with torch.enable_grad():
-        scores = ctx.model(x).gather(1, ctx.class_ids)
-        maps = [
-            torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k < scores.shape[1] - 1)[0].abs().amax(dim=1)
-            for k in range(scores.shape[1])
-        ]
-    return torch.stack(maps, dim=1)
+    # the input gradient needs the backward through the whole network, by definition, and
+    # with it the whole graph: 16 VOC images at scale 2 took 23 GB, so the images go
+    # through in chunks of about SALIENCY_PIXELS_PER_CALL pixels
+    images = ctx.images.detach()
+    per_call = max(1, SALIENCY_PIXELS_PER_CALL // (images.shape[-2] * images.shape[-1]))
+    out = []
+    for start in range(0, images.shape[0], per_call):
+        x = images[start : start + per_call].detach().requires_grad_(True)
+        with torch.enable_grad():
+            scores = ctx.model(x).gather(1, ctx.class_ids[start : start + per_call])
+            maps = [
+                torch.autograd.grad(scores[:, k].sum(), x, retain_graph=k < scores.shape[1] - 1)[0].abs().amax(dim=1)
+                for k in range(scores.shape[1])
+            ]
+        out.append(torch.stack(maps, dim=1))
+    return torch.cat(out)
 
 
 @contextlib.contextmanager

@@ -189,3 +189,21 @@ def test_smoothgrad_defaults_to_the_papers_samples_and_is_listed():
     torch.testing.assert_close(default[0], explicit[0])
     with pytest.raises(ValueError, match="averages 'saliency' over noisy copies"):
         compute_cams(model, images, [[2]], "smoothgrad")
+
+
+def test_saliency_in_chunks_equals_one_pass(monkeypatch):
+    """Saliency back-propagates a bounded number of pixels at a time; chunking changes nothing."""
+    import pipeline.cams as cams
+
+    model = _model("resnet18")
+    images = torch.randn(5, 3, 32, 32)
+    ids = [[0, 1], [2, 0], [3, 1], [4, 2], [1, 3]]
+    whole = compute_cams(model, images, ids, "saliency")
+    monkeypatch.setattr(cams, "SALIENCY_PIXELS_PER_CALL", 2 * 32 * 32)  # chunks of 2, 2, 1 images
+    batches = []
+    handle = model.register_forward_hook(lambda m, inputs, out: batches.append(inputs[0].shape[0]))
+    chunked = compute_cams(model, images, ids, "saliency")
+    handle.remove()
+    assert batches == [2, 2, 1]
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

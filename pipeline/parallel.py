@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -26,10 +27,12 @@ def default_processes(requested: int = 0) -> int:
 
 
 def _init_worker() -> None:
-    # each worker is one core's worth of work: keep numerical libraries single-threaded
-    import torch
-
-    torch.set_num_threads(1)
+    # each worker is one core's worth of work: keep torch single-threaded where the job's
+    # module brought it in (the forkserver preloads that module). Importing torch only to
+    # say so cost every worker about a second of start-up, for a CRF that never uses it.
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def _run_chunk(fn: Callable[[J], R], chunk: list[J]) -> list[R]:

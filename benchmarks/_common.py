@@ -13,11 +13,15 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.io import write_json
+
+# torch is imported inside the functions that use it: a process pool's workers re-run the
+# parent's main module (multiprocessing does that for spawn and forkserver), and a torch
+# import there cost each CRF worker of `crf_speed` 2 s and 600 MB that the stage never pays.
+if TYPE_CHECKING:
+    import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,6 +31,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup:
     """Median (and all) wall times of each function, run round-robin: ``warmup`` untimed
     rounds, then ``runs`` timed rounds in which every function runs once. On a CUDA
     ``device`` each run ends with a synchronisation, so queued GPU work is counted."""
+    import torch
+
     device = torch.device(device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
@@ -44,6 +50,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int, warmup:
 
 
 def machine() -> dict:
+    import torch
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -62,6 +70,8 @@ def add_device_args(parser) -> None:
 
 
 def autocast(device: torch.device, amp: str):
+    import torch
+
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from benchmarks._common import interleaved_medians, print_table, write_results
 from pipeline.config import CrfParams
-from pipeline.crf import refine_files
+from pipeline.crf import POOL_CHUNKSIZE, refine_files
 from pipeline.data.synthetic import render_image
 from pipeline.data.voc import IGNORE_INDEX, VOC_CLASSES, find_voc_root
 from pipeline.io import write_label_png
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             jobs["all"].append((str(image_path), str(mask_path), all_classes, params))
             sizes.append(mask.shape)
 
-        fns = {f"{labels}, {p} proc": (lambda j=jobs[labels], p=p: list(parallel_map(refine_files, j, processes=p, chunksize=4)))
+        fns = {f"{labels}, {p} proc": (lambda j=jobs[labels], p=p: list(parallel_map(refine_files, j, processes=p, chunksize=POOL_CHUNKSIZE)))
                for labels in ("present", "all") for p in (1, processes)}
         timing = interleaved_medians(fns, runs=args.runs)
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(["labels", "s/img 1 proc", f"s/img {processes} proc", "throughput ratio"], rows)
     print(f"all {len(all_classes) + 1} labels cost {results['all_labels_cost_vs_present']:.2f}x present classes + background (1 process)")
     setting = {"images": n, "source": "voc2012_sample" if real else "generated 500x375",
-               "mean_pixels": float(np.mean([h * w for h, w in sizes])), "processes": processes, "runs": args.runs,
+               "mean_pixels": float(np.mean([h * w for h, w in sizes])), "processes": processes, "chunksize": POOL_CHUNKSIZE, "runs": args.runs,
                "crf": {"iterations": params.iterations, "gt_prob": params.gt_prob}}
     payload = {"setting": setting, "results": results, "timings": timing}
     write_results("crf_speed_quick" if args.quick else "crf_speed", payload, *([args.out] if args.out else []))

@@ -6,6 +6,7 @@ import collections
 import multiprocessing as mp
 import os
 import sys
+import types
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -33,6 +34,38 @@ def _init_worker() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(1)
+
+
+def _forkserver_preload(fn: Callable) -> list[str]:
+    """Modules the forkserver imports once, for every worker it forks: ``fn``'s module, and
+    the modules that the parent's main module took names from when workers will re-run it.
+
+    multiprocessing re-runs the parent's main module in each spawned or forkserver worker
+    (its "safe importing of main module" rule) when the parent was started as
+    ``python -m <module>`` or ``python <file>``. With the main module's imports preloaded,
+    that re-run finds them in ``sys.modules`` and costs only the module's own body;
+    without, each worker imports them itself. For a main module that imports torch, every
+    pool of 2 took 1.6-1.8 s to run 4 trivial jobs; preloaded, the first pool takes 1.6 s
+    and later ones (same forkserver) 0.05 s. The main module itself is not preloaded:
+    under its own name, runpy warns in every worker that re-runs it.
+    """
+    modules = [fn.__module__]
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        rerun = name != "__main__" and not name.endswith(".__main__")
+    else:
+        rerun = getattr(main, "__file__", None) is not None
+    if not rerun:
+        return modules
+    for value in list(vars(main).values()):
+        try:
+            source = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+        except Exception:  # noqa: BLE001 - an object whose attribute lookup misbehaves
+            continue
+        if isinstance(source, str) and source not in ("__main__", "__mp_main__") and source not in modules:
+            modules.append(source)
+    return modules
 
 
 def _run_chunk(fn: Callable[[J], R], chunk: list[J]) -> list[R]:
@@ -63,7 +96,7 @@ def parallel_map(
         return
     limit = max_chunks_in_flight or 2 * processes
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([fn.__module__])
+    ctx.set_forkserver_preload(_forkserver_preload(fn))
     jobs = iter(jobs)
     pending: collections.deque[Future] = collections.deque()
     pool = ProcessPoolExecutor(processes, mp_context=ctx, initializer=_init_worker)

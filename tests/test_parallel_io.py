@@ -1,4 +1,9 @@
+import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +30,37 @@ def fail_on_seven(x):
 def test_parallel_map_raises_instead_of_hanging():
     with pytest.raises(ValueError, match="job 7 is bad"):
         list(parallel_map(fail_on_seven, range(200), processes=2, chunksize=4, max_chunks_in_flight=2))
+
+
+@pytest.mark.parametrize("how", ["module", "file"])
+def test_workers_do_not_reimport_what_the_main_module_imports(tmp_path, how):
+    # multiprocessing re-runs the parent's main module in every worker; the modules it
+    # imports are preloaded in the forkserver, so they are imported once there, not in
+    # each worker, and without runpy's warning about a preloaded main module.
+    (tmp_path / "heavy_dep.py").write_text("import os\nwith open(os.environ['IMPORT_LOG'], 'a') as f:\n    f.write(f'{os.getpid()}\\n')\n")
+    (tmp_path / "job_mod.py").write_text("import os\n\ndef pid(_):\n    return os.getpid()\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__init__.py").write_text("")
+    (tmp_path / "app" / "main_mod.py").write_text(textwrap.dedent("""
+        import json
+        import heavy_dep
+        from job_mod import pid
+        from pipeline.parallel import parallel_map
+
+        if __name__ == "__main__":
+            print(json.dumps(sorted(set(parallel_map(pid, range(16), processes=2, chunksize=1)))))
+    """))
+    log = tmp_path / "imports.log"
+    env = {**os.environ, "IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    command = ["-m", "app.main_mod"] if how == "module" else [str(tmp_path / "app" / "main_mod.py")]
+    out = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr
+    workers = set(json.loads(out.stdout))
+    importers = [int(line) for line in log.read_text().split()]
+    assert workers and os.getpid() not in workers
+    assert not workers & set(importers), f"workers {workers} imported the main module's dependency: {importers}"
+    assert len(importers) == 2  # the parent and the forkserver
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):

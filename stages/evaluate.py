@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.cams import explain, upsample_maps
-from pipeline.faithfulness import FaithfulnessScore, explanation_confidence
+from pipeline.cams import upsample_maps
+from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, load_seeds, read_json, read_label_png, write_json
 from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
-from stages.cams import CHECKPOINT, load_classifier
+from stages.cams import CHECKPOINT, load_classifier, size_grouped_batches
 from stages.common import load_index, load_params, log, run
 
 SEEDS = Path("outputs/seeds")
@@ -134,28 +134,26 @@ def main() -> None:
 
 def faithfulness(index, cam_p, ev) -> dict:
     """Average Drop, Increase in Confidence and Win against ``faithfulness_versus`` on the
-    first ``faithfulness_max_images`` eval ids; the other method's maps are made here with
-    the same cam settings."""
+    first ``faithfulness_max_images`` eval ids, in batches of ``cam.batch_size`` images of
+    one size; the other method's maps are made here with the same cam settings."""
     device = resolve_device(cam_p.device)
     model, ckpt = load_classifier(CHECKPOINT, device)
     ids = index.splits["eval"][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()
-    mean = torch.as_tensor(ckpt["mean"])[:, None, None]
-    std = torch.as_tensor(ckpt["std"])[:, None, None]
-    for image_id in tqdm(ids, desc=f"faithfulness vs {ev.faithfulness_versus}", unit="img"):
-        image = torch.from_numpy(voc.load_image(image_id)).permute(2, 0, 1).float().div(255)[None].to(device)
-        maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
-        ours = upsample_maps(torch.from_numpy(maps).float().to(device), size)
-        classes = [class_ids.tolist()]
-        (other,) = explain(
-            model, (image - mean.to(device)) / std.to(device), classes, ev.faithfulness_versus,
-            layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip, smooth_samples=cam_p.smooth_samples,
-            smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size,
-        )
-        y, o = explanation_confidence(model, image, classes, [ours], ckpt["mean"], ckpt["std"])
-        _, o_other = explanation_confidence(model, image, classes, [other], ckpt["mean"], ckpt["std"])
-        score.update(y, o, o_other)
+    with tqdm(total=len(ids), desc=f"faithfulness vs {ev.faithfulness_versus}", unit="img") as bar:
+        for batch in size_grouped_batches(index, ids, cam_p.batch_size):
+            batch_ids = [ids[p] for p in batch]
+            images = torch.stack([torch.from_numpy(voc.load_image(i)) for i in batch_ids]).to(device)
+            images = images.permute(0, 3, 1, 2).float().div(255)
+            seeds = [load_seeds(SEEDS / f"{i}.npz") for i in batch_ids]
+            ours = [upsample_maps(torch.from_numpy(maps).float().to(device), size) for maps, _, size in seeds]
+            score.update(*compare_explanations(
+                model, images, [class_ids.tolist() for _, class_ids, _ in seeds], ours, ev.faithfulness_versus,
+                ckpt["mean"], ckpt["std"], layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip,
+                smooth_samples=cam_p.smooth_samples, smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size,
+            ))
+            bar.update(len(batch))
     return {"method": cam_p.method, "versus": ev.faithfulness_versus, **score.summary()}
 
 

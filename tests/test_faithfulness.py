@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.faithfulness import FaithfulnessScore, explanation_confidence
+from pipeline.cams import explain
+from pipeline.faithfulness import FaithfulnessScore, compare_explanations, explanation_confidence
 from pipeline.models import build_classifier
 
 
@@ -36,3 +37,27 @@ def test_explanation_confidence_against_direct_forward():
     # a map of ones leaves the image as it is
     np.testing.assert_allclose(o[:2], y[:2], rtol=1e-5)
     np.testing.assert_allclose(o[2], p1_masked[3], rtol=1e-5)
+
+
+def test_compare_explanations_batched_equals_one_image_at_a_time():
+    # the evaluate stage scores batches; the reference is the old loop: one image, explain, score
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", 5, output_stride=16).eval()
+    images = torch.rand(3, 3, 48, 48)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    classes = [[0, 3], [4], [1, 2, 4]]
+    maps = [torch.rand(len(c), 48, 48) for c in classes]
+    options = dict(scales=(1.0, 1.5), flip=True)
+    y, o, o_other = compare_explanations(model, images, classes, maps, "gradcampp", mean, std, **options)
+    norm = lambda x: (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    ref = {"y": [], "o": [], "other": []}
+    for i, c in enumerate(classes):
+        (other,) = explain(model, norm(images[i : i + 1]), [c], "gradcampp", **options)
+        y_i, o_i = explanation_confidence(model, images[i : i + 1], [c], [maps[i]], mean, std)
+        _, other_i = explanation_confidence(model, images[i : i + 1], [c], [other], mean, std)
+        ref["y"].append(y_i), ref["o"].append(o_i), ref["other"].append(other_i)
+    assert y.shape == o.shape == o_other.shape == (6,)
+    np.testing.assert_allclose(y, np.concatenate(ref["y"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o, np.concatenate(ref["o"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o_other, np.concatenate(ref["other"]), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(o, o_other)  # the two methods' explanation images differ

@@ -19,7 +19,7 @@ from pipeline.io import write_json
 
 # torch is imported inside the functions that use it: a process pool's workers re-run the
 # parent's main module (multiprocessing does that for spawn and forkserver), and a torch
-# import there cost each CRF worker of `crf_speed` 2 s and 600 MB that the stage never pays.
+# import there cost each CRF worker of `crf_speed` 2 s and 650 MB that the stage never pays.
 if TYPE_CHECKING:
     import torch
 

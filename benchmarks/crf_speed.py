@@ -5,7 +5,8 @@ Images are real VOC sizes from ``../shared/voc2012_sample`` when it is there (th
 mask is the official mask with void set to background), generated 500x375 scenes of
 the built-in dataset otherwise. Each configuration refines the same images through
 :func:`pipeline.parallel.parallel_map` exactly as the ``crf`` stage does (pool start-up
-included), interleaved, median of ``--runs``.
+included: the forkserver is stopped before every timed run, so each pool starts it and
+its preloads as a ``crf`` stage run does), interleaved, median of ``--runs``.
 
     python -m benchmarks.crf_speed            # 64 images, 1 vs all cores
     python -m benchmarks.crf_speed --quick    # smoke run: 8 generated images, 1 run
@@ -14,6 +15,7 @@ included), interleaved, median of ``--runs``.
 from __future__ import annotations
 
 import argparse
+import multiprocessing.forkserver
 import tempfile
 from pathlib import Path
 
@@ -47,6 +49,16 @@ def _generated_pairs(folder: Path, num: int) -> list[tuple[Path, np.ndarray]]:
     return pairs
 
 
+def _stop_forkserver() -> bool:
+    """Stop multiprocessing's forkserver (a private API: False where it is missing), so the
+    next pool pays its start-up as a fresh process does."""
+    stop = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_stop", None)
+    if stop is None:
+        return False
+    stop()
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--voc", type=Path, default=SAMPLE, help="a VOC folder with SegmentationClass (default: the shared sample)")
@@ -77,8 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
             jobs["all"].append((str(image_path), str(mask_path), all_classes, params))
             sizes.append(mask.shape)
 
-        fns = {f"{labels}, {p} proc": (lambda j=jobs[labels], p=p: list(parallel_map(refine_files, j, processes=p, chunksize=POOL_CHUNKSIZE)))
-               for labels in ("present", "all") for p in (1, processes)}
+        def refine(j, p):
+            _stop_forkserver()
+            return list(parallel_map(refine_files, j, processes=p, chunksize=POOL_CHUNKSIZE))
+
+        fns = {f"{labels}, {p} proc": (lambda j=jobs[labels], p=p: refine(j, p)) for labels in ("present", "all") for p in (1, processes)}
         timing = interleaved_medians(fns, runs=args.runs)
 
     n = len(pairs)
@@ -94,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"all {len(all_classes) + 1} labels cost {results['all_labels_cost_vs_present']:.2f}x present classes + background (1 process)")
     setting = {"images": n, "source": "voc2012_sample" if real else "generated 500x375",
                "mean_pixels": float(np.mean([h * w for h, w in sizes])), "processes": processes, "chunksize": POOL_CHUNKSIZE, "runs": args.runs,
+               "forkserver_started_per_run": _stop_forkserver(),
                "crf": {"iterations": params.iterations, "gt_prob": params.gt_prob}}
     payload = {"setting": setting, "results": results, "timings": timing}
     write_results("crf_speed_quick" if args.quick else "crf_speed", payload, *([args.out] if args.out else []))

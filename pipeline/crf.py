@@ -18,11 +18,9 @@ from pipeline.data.voc import IGNORE_INDEX
 
 __all__ = ["POOL_CHUNKSIZE", "dense_crf", "refine_mask", "refine_files"]
 
-# Images per process-pool task. A VOC image costs 0.3-0.8 s here, so the round trip
-# per task (about a millisecond) is lost in it at any size; 2 keeps the pool's tail
-# and its first result short. Timed side by side through `parallel_map` on 64 VOC-sample
-# images with 2 processes (stop 9), sizes 1, 2, 4 and 8 were within 5% of each other,
-# with the first result after 0.3-0.6 s at 1-2 against 2.8 s at 8.
+# Images per process-pool task. A VOC image costs 0.3-0.8 s of CRF, so a task's round
+# trip (about a millisecond) is lost in it at any size; a small one keeps the pool's
+# tail and the wait for its first result short.
 POOL_CHUNKSIZE = 2
 
 

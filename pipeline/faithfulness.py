@@ -65,16 +65,29 @@ def compare_explanations(
     images01: torch.Tensor,
     class_ids: Sequence[Sequence[int]],
     maps: Sequence[torch.Tensor],
+    *,
     versus: str,
     mean: Sequence[float],
     std: Sequence[float],
     **explain_options,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``Y``, ``O`` for ``maps``, and ``O`` for the maps of method ``versus`` made here, for a
-    batch of images of one size (the arguments as in :func:`explanation_confidence`;
-    ``explain_options`` go to :func:`pipeline.cams.explain`). Batched, the evaluate stage's
-    faithfulness pass over 100 built-in images took 42-44 s against 52-54 s one image at a
-    time (side by side, 2 cores), with identical scores."""
+    """Confidences for ``maps`` and for the maps of method ``versus``, made here, on one
+    batch of images of one size.
+
+    Args:
+        images01, class_ids, maps, mean, std: as in :func:`explanation_confidence`; every
+            image needs at least one class.
+        versus: the method to compare with (a :func:`pipeline.cams.list_methods` name).
+        explain_options: :func:`pipeline.cams.explain`'s options for ``versus``'s maps.
+    Returns:
+        ``Y``, ``O`` and ``O`` of ``versus``, each ``(sum K_i,)``, in the order of the
+        (image, class) pairs.
+    """
+    if not len(maps) == len(class_ids) == images01.shape[0]:
+        raise ValueError(f"{images01.shape[0]} images, {len(class_ids)} class lists and {len(maps)} maps: one each per image")
+    for i, (classes, m) in enumerate(zip(class_ids, maps)):
+        if m.shape[0] != len(classes):
+            raise ValueError(f"image {i}: {m.shape[0]} maps for {len(classes)} classes")
     m = torch.as_tensor(mean, dtype=images01.dtype, device=images01.device)[:, None, None]
     s = torch.as_tensor(std, dtype=images01.dtype, device=images01.device)[:, None, None]
     other = explain(model, (images01 - m) / s, [list(c) for c in class_ids], versus, **explain_options)

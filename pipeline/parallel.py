@@ -37,16 +37,16 @@ def _init_worker() -> None:
 
 
 def _forkserver_preload(fn: Callable) -> list[str]:
-    """Modules the forkserver imports once, for every worker it forks: ``fn``'s module, and
-    the modules that the parent's main module took names from when workers will re-run it.
+    """Modules the forkserver imports once, for every worker it forks: ``fn``'s module and,
+    when workers will re-run the parent's main module, the modules it imported.
 
     multiprocessing re-runs the parent's main module in each spawned or forkserver worker
     (its "safe importing of main module" rule) when the parent was started as
     ``python -m <module>`` or ``python <file>``. With the main module's imports preloaded,
     that re-run finds them in ``sys.modules`` and costs only the module's own body;
-    without, each worker imports them itself. For a main module that imports torch, every
-    pool of 2 took 1.6-1.8 s to run 4 trivial jobs; preloaded, the first pool takes 1.6 s
-    and later ones (same forkserver) 0.05 s. The main module itself is not preloaded:
+    without, each worker imports them again (torch, for one). Only modules,
+    and the modules of classes and functions, that the main module holds at top level and
+    that are already imported here count. The main module itself is left out: imported
     under its own name, runpy warns in every worker that re-runs it.
     """
     modules = [fn.__module__]
@@ -59,11 +59,16 @@ def _forkserver_preload(fn: Callable) -> list[str]:
     if not rerun:
         return modules
     for value in list(vars(main).values()):
-        try:
-            source = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
-        except Exception:  # noqa: BLE001 - an object whose attribute lookup misbehaves
+        if isinstance(value, types.ModuleType):
+            source = value.__name__
+        elif isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType)):
+            source = getattr(value, "__module__", None)
+        else:
             continue
-        if isinstance(source, str) and source not in ("__main__", "__mp_main__") and source not in modules:
+        imported = sys.modules.get(source) if isinstance(source, str) else None
+        if imported is None or getattr(imported, "__spec__", None) is None:
+            continue  # not importable by name in a fresh process
+        if source not in (name, "__main__", "__mp_main__") and source not in modules:
             modules.append(source)
     return modules
 

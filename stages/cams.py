@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -35,14 +34,6 @@ class _Images(Dataset):
         image_id = self.voc.ids[i]
         labels = torch.as_tensor(self.index.labels(image_id), dtype=torch.long)
         return to_tensor(self.voc.load_image(image_id), self.mean, self.std), labels, image_id
-
-
-def size_grouped_batches(index: DatasetIndex, ids: list[str], batch_size: int) -> list[list[int]]:
-    """Batches of positions into ``ids`` whose images share one size (no padding, no resizing)."""
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for pos, image_id in enumerate(ids):
-        groups[index.size(image_id)].append(pos)
-    return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]
 
 
 def _collate(items):
@@ -83,7 +74,7 @@ def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch
     amp = amp_dtype(cam_p.amp, device)
     data = _Images(index, ckpt["mean"], ckpt["std"])
     # every rank takes every world_size-th batch; each image's seeds depend only on its batch
-    batches = distributed.shard(size_grouped_batches(index, data.voc.ids, cam_p.batch_size), info)
+    batches = distributed.shard(index.size_grouped_batches(data.voc.ids, cam_p.batch_size), info)
     loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cam_p.num_workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if cam_p.num_workers else None)
     generator = torch.Generator()  # SmoothGrad noise, seeded per batch: the same whatever the sharding

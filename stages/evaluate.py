@@ -7,6 +7,7 @@ plots/per_class_iou.csv and a few overlays in plots/overlays/.
 from __future__ import annotations
 
 import csv
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pipeline.io import atomic_dir, atomic_path, load_seeds, read_json, read_lab
 from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
-from stages.cams import CHECKPOINT, load_classifier, size_grouped_batches
+from stages.cams import CHECKPOINT, load_classifier
 from stages.common import load_index, load_params, log, run
 
 SEEDS = Path("outputs/seeds")
@@ -134,24 +135,28 @@ def main() -> None:
 
 def faithfulness(index, cam_p, ev) -> dict:
     """Average Drop, Increase in Confidence and Win against ``faithfulness_versus`` on the
-    first ``faithfulness_max_images`` eval ids, in batches of ``cam.batch_size`` images of
-    one size; the other method's maps are made here with the same cam settings."""
+    first ``faithfulness_max_images`` eval ids that have a class, in batches of
+    ``cam.batch_size`` images of one size; the other method's maps are made here with the
+    same cam settings (SmoothGrad noise seeded per batch, as in the cams stage)."""
     device = resolve_device(cam_p.device)
     model, ckpt = load_classifier(CHECKPOINT, device)
-    ids = index.splits["eval"][: ev.faithfulness_max_images]
+    ids = [i for i in index.splits["eval"] if index.labels(i)][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()
+    generator = torch.Generator()
     with tqdm(total=len(ids), desc=f"faithfulness vs {ev.faithfulness_versus}", unit="img") as bar:
-        for batch in size_grouped_batches(index, ids, cam_p.batch_size):
+        for batch in index.size_grouped_batches(ids, cam_p.batch_size):
             batch_ids = [ids[p] for p in batch]
             images = torch.stack([torch.from_numpy(voc.load_image(i)) for i in batch_ids]).to(device)
             images = images.permute(0, 3, 1, 2).float().div(255)
             seeds = [load_seeds(SEEDS / f"{i}.npz") for i in batch_ids]
             ours = [upsample_maps(torch.from_numpy(maps).float().to(device), size) for maps, _, size in seeds]
+            generator.manual_seed(zlib.crc32(batch_ids[0].encode()))
             score.update(*compare_explanations(
-                model, images, [class_ids.tolist() for _, class_ids, _ in seeds], ours, ev.faithfulness_versus,
-                ckpt["mean"], ckpt["std"], layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip,
-                smooth_samples=cam_p.smooth_samples, smooth_sigma=cam_p.smooth_sigma, scorecam_batch_size=cam_p.scorecam_batch_size,
+                model, images, [class_ids.tolist() for _, class_ids, _ in seeds], ours, versus=ev.faithfulness_versus,
+                mean=ckpt["mean"], std=ckpt["std"], layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip,
+                smooth_samples=cam_p.smooth_samples, smooth_sigma=cam_p.smooth_sigma,
+                scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
             ))
             bar.update(len(batch))
     return {"method": cam_p.method, "versus": ev.faithfulness_versus, **score.summary()}

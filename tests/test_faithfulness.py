@@ -39,6 +39,10 @@ def test_explanation_confidence_against_direct_forward():
     np.testing.assert_allclose(o[2], p1_masked[3], rtol=1e-5)
 
 
+def _normalise(x, mean, std):
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
 def test_compare_explanations_batched_equals_one_image_at_a_time():
     # the evaluate stage scores batches; the reference is the old loop: one image, explain, score
     torch.manual_seed(0)
@@ -48,16 +52,27 @@ def test_compare_explanations_batched_equals_one_image_at_a_time():
     classes = [[0, 3], [4], [1, 2, 4]]
     maps = [torch.rand(len(c), 48, 48) for c in classes]
     options = dict(scales=(1.0, 1.5), flip=True)
-    y, o, o_other = compare_explanations(model, images, classes, maps, "gradcampp", mean, std, **options)
-    norm = lambda x: (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    ref = {"y": [], "o": [], "other": []}
+    y, o, o_other = compare_explanations(model, images, classes, maps, versus="gradcampp", mean=mean, std=std, **options)
+    ref_y, ref_o, ref_other = [], [], []
     for i, c in enumerate(classes):
-        (other,) = explain(model, norm(images[i : i + 1]), [c], "gradcampp", **options)
+        (other,) = explain(model, _normalise(images[i : i + 1], mean, std), [c], "gradcampp", **options)
         y_i, o_i = explanation_confidence(model, images[i : i + 1], [c], [maps[i]], mean, std)
         _, other_i = explanation_confidence(model, images[i : i + 1], [c], [other], mean, std)
-        ref["y"].append(y_i), ref["o"].append(o_i), ref["other"].append(other_i)
+        ref_y.append(y_i)
+        ref_o.append(o_i)
+        ref_other.append(other_i)
     assert y.shape == o.shape == o_other.shape == (6,)
-    np.testing.assert_allclose(y, np.concatenate(ref["y"]), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(o, np.concatenate(ref["o"]), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(o_other, np.concatenate(ref["other"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y, np.concatenate(ref_y), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o, np.concatenate(ref_o), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(o_other, np.concatenate(ref_other), rtol=1e-4, atol=1e-6)
     assert not np.allclose(o, o_other)  # the two methods' explanation images differ
+
+
+def test_compare_explanations_rejects_mismatched_maps():
+    model = build_classifier("resnet18", 5, output_stride=16).eval()
+    images = torch.rand(2, 3, 32, 32)
+    kwargs = dict(versus="gradcam", mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(ValueError, match="2 images, 2 class lists and 1 maps"):
+        compare_explanations(model, images, [[0], [1]], [torch.rand(1, 32, 32)], **kwargs)
+    with pytest.raises(ValueError, match="image 1: 1 maps for 2 classes"):
+        compare_explanations(model, images, [[0], [1, 2]], [torch.rand(1, 32, 32)] * 2, **kwargs)

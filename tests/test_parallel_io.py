@@ -3,13 +3,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.io import atomic_dir, atomic_path, load_seeds, save_seeds
-from pipeline.parallel import parallel_map
+from pipeline.parallel import _forkserver_preload, parallel_map
 
 
 def square(x):
@@ -43,12 +44,15 @@ def test_workers_do_not_reimport_what_the_main_module_imports(tmp_path, how):
     (tmp_path / "app" / "__init__.py").write_text("")
     (tmp_path / "app" / "main_mod.py").write_text(textwrap.dedent("""
         import json
+        import os
+
         import heavy_dep
         from job_mod import pid
-        from pipeline.parallel import parallel_map
+        from pipeline.parallel import _forkserver_preload, parallel_map
 
         if __name__ == "__main__":
-            print(json.dumps(sorted(set(parallel_map(pid, range(16), processes=2, chunksize=1)))))
+            workers = sorted(set(parallel_map(pid, range(16), processes=2, chunksize=1)))
+            print(json.dumps({"parent": os.getpid(), "workers": workers}))
     """))
     log = tmp_path / "imports.log"
     env = {**os.environ, "IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
@@ -56,11 +60,40 @@ def test_workers_do_not_reimport_what_the_main_module_imports(tmp_path, how):
     out = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr
-    workers = set(json.loads(out.stdout))
+    pids = json.loads(out.stdout)
+    workers = set(pids["workers"])
     importers = [int(line) for line in log.read_text().split()]
-    assert workers and os.getpid() not in workers
+    assert workers and pids["parent"] not in workers and pids["parent"] in importers
     assert not workers & set(importers), f"workers {workers} imported the main module's dependency: {importers}"
     assert len(importers) == 2  # the parent and the forkserver
+
+
+def _fake_main(monkeypatch, spec_name=None, file=None, **names):
+    main = types.ModuleType("__main__")
+    main.__spec__ = types.SimpleNamespace(name=spec_name) if spec_name else None
+    if file:
+        main.__file__ = file
+    vars(main).update(names)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+
+
+def test_forkserver_preload_follows_multiprocessing_main_rerun(monkeypatch):
+    # no re-run of main in the workers: python -c / a REPL / Jupyter, python -m pkg (pkg.__main__)
+    _fake_main(monkeypatch, json=json)
+    assert _forkserver_preload(square) == [__name__]
+    _fake_main(monkeypatch, spec_name="pytest.__main__", json=json)
+    assert _forkserver_preload(square) == [__name__]
+    # a re-run: python -m app.run; only imported modules and the modules of classes and
+    # functions count, never the main module itself or an unimportable name
+    odd = type("Odd", (), {"__module__": "no.such.module"})
+    itself = types.ModuleType("app.run")
+    itself.__spec__ = types.SimpleNamespace(name="app.run")
+    monkeypatch.setitem(sys.modules, "app.run", itself)  # the main module, also imported by name
+    _fake_main(monkeypatch, spec_name="app.run", np=np, Path=Path, dumps=json.dumps, abs=abs, array=np.zeros(2),
+               answer=42, odd=odd, itself=itself)
+    assert _forkserver_preload(square) == [__name__, "numpy", "pathlib", "json", "builtins"]
+    _fake_main(monkeypatch, file="/somewhere/run.py", textwrap=textwrap)
+    assert _forkserver_preload(square) == [__name__, "textwrap"]
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):

@@ -90,3 +90,10 @@ class DatasetIndex:
     def size(self, image_id: str) -> tuple[int, int]:
         h, w = self.images[image_id]["size"]
         return int(h), int(w)
+
+    def size_grouped_batches(self, ids: Sequence[str], batch_size: int) -> list[list[int]]:
+        """Batches of positions into ``ids`` whose images share one size (no padding, no resizing)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for pos, image_id in enumerate(ids):
+            groups.setdefault(self.size(image_id), []).append(pos)
+        return [g[i : i + batch_size] for g in groups.values() for i in range(0, len(g), batch_size)]

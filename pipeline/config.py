@@ -33,25 +33,39 @@ class ConfigError(ValueError):
 T = TypeVar("T")
 
 
+def _check(*, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           nonempty: bool = False, choices: tuple[str, ...] | None = None) -> dict:
+    """Field metadata: the range a value (each element, for a list) must lie in, checked by :func:`from_dict`."""
+    return {"check": dict(ge=ge, gt=gt, le=le, lt=lt, nonempty=nonempty, choices=choices)}
+
+
+def field(default: Any, **check: Any) -> Any:
+    """A dataclass field with a default and a range (see :func:`_check`)."""
+    return dataclasses.field(default=default, metadata=_check(**check))
+
+
+UNIT = dict(ge=0.0, le=1.0)  # thresholds and fractions of maps that live in [0, 1]
+
+
 @dataclasses.dataclass(frozen=True)
 class BuiltinParams:
     """Size and seed of the generated dataset (``data.builtin``)."""
 
-    num_train: int = 400
-    num_val: int = 100
-    image_size: int = 128
-    seed: int = 0
+    num_train: int = field(400, ge=1)
+    num_val: int = field(100, ge=1)
+    image_size: int = field(128, ge=32)
+    seed: int = field(0, ge=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
     """Where the images come from (``data``)."""
 
-    source: str = "builtin"  # builtin | voc
+    source: str = field("builtin", choices=("builtin", "voc"))
     root: str = "data/VOCdevkit"  # for voc: a VOC20xx folder or one holding VOCdevkit/ (make data-voc puts it here)
-    train_list: str = "train"  # ids the classifier trains on and pseudo-labels are made for
-    val_list: str = "val"  # ids the classifier's mAP is measured on
-    eval_list: str = "train"  # ids with ground truth that seeds and pseudo-labels are scored on
+    train_list: str = field("train", nonempty=True)  # ids the classifier trains on and pseudo-labels are made for
+    val_list: str = field("val", nonempty=True)  # ids the classifier's mAP is measured on
+    eval_list: str = field("train", nonempty=True)  # ids with ground truth that seeds and pseudo-labels are scored on
     use_difficult: bool = False
     verify_images: bool = True
     builtin: BuiltinParams = BuiltinParams()
@@ -63,30 +77,30 @@ class ModelParams:
 
     backbone: str = "resnet18"
     weights: str = "none"  # imagenet | none | path to a state_dict file
-    output_stride: int = 16
-    mean: tuple[float, ...] | None = None  # None: the backbone's own normalisation
-    std: tuple[float, ...] | None = None
+    output_stride: int = field(16, choices=(8, 16, 32))
+    mean: tuple[float, ...] | None = field(None, nonempty=True)  # None: the backbone's own normalisation
+    std: tuple[float, ...] | None = field(None, gt=0.0, nonempty=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     """Classifier training (``train``)."""
 
-    epochs: int = 15
-    batch_size: int = 16
-    crop_size: int = 128
-    optimizer: str = "adamw"  # sgd | adamw
-    lr: float = 1e-3
-    head_lr_mult: float = 10.0
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    schedule: str = "poly"  # poly | cosine | constant
-    augment: str = "resized_crop"  # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
-    num_workers: int = 0  # DataLoader worker processes (pinned memory on CUDA)
-    seed: int = 0
+    epochs: int = field(15, ge=1)
+    batch_size: int = field(16, ge=1)
+    crop_size: int = field(128, ge=16)
+    optimizer: str = field("adamw", choices=("adamw", "sgd"))
+    lr: float = field(1e-3, gt=0.0)
+    head_lr_mult: float = field(10.0, gt=0.0)
+    weight_decay: float = field(1e-4, ge=0.0)
+    momentum: float = field(0.9, ge=0.0, lt=1.0)
+    schedule: str = field("poly", choices=("poly", "cosine", "constant"))
+    augment: str = field("resized_crop", choices=("resized_crop", "irn"))  # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
+    num_workers: int = field(0, ge=0)  # DataLoader worker processes (pinned memory on CUDA)
+    seed: int = field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
-    amp: str = "auto"  # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
-    processes: int = 1  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))  # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
+    processes: int = field(1, ge=1)  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,54 +109,54 @@ class CamParams:
 
     method: str = "gradcam"
     layers: tuple[str, ...] = ()  # target layers by name; empty: the last feature map
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)  # IRN's test-time scales
+    scales: tuple[float, ...] = field((1.0, 0.5, 1.5, 2.0), gt=0.0, nonempty=True)  # IRN's test-time scales
     flip: bool = True
-    smooth_samples: int = 0  # SmoothGrad copies (0: off)
-    smooth_sigma: float = 0.15  # noise std as a fraction of the input's value range
-    store_stride: int = 4  # seeds are stored at 1/store_stride of the image size
-    scorecam_batch_size: int = 64
-    batch_size: int = 16
-    num_workers: int = 0  # DataLoader worker processes that decode images ahead of the GPU/CPU
+    smooth_samples: int = field(0, ge=0)  # SmoothGrad copies (0: off)
+    smooth_sigma: float = field(0.15, ge=0.0)  # noise std as a fraction of the input's value range
+    store_stride: int = field(4, ge=1)  # seeds are stored at 1/store_stride of the image size
+    scorecam_batch_size: int = field(64, ge=1)
+    batch_size: int = field(16, ge=1)
+    num_workers: int = field(0, ge=0)  # DataLoader worker processes that decode images ahead of the GPU/CPU
     device: str = "auto"
-    amp: str = "auto"  # as train.amp
-    processes: int = 1  # >1: images sharded over this many processes (torchrun), seeds gathered in one folder
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))  # as train.amp
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun), seeds gathered in one folder
 
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessParams:
     """Seeds to masks and boxes (``postprocess``)."""
 
-    bg: float = 0.5
-    box_fraction: float = 0.5
+    bg: float = field(0.5, **UNIT)
+    box_fraction: float = field(0.5, **UNIT)
 
 
 @dataclasses.dataclass(frozen=True)
 class CrfParams:
     """Dense CRF refinement (``crf``); defaults are IRN's settings."""
 
-    iterations: int = 10
-    gt_prob: float = 0.7
-    gaussian_sxy: float = 3.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 50.0
-    bilateral_srgb: float = 5.0
-    bilateral_compat: float = 10.0
-    ignore_confidence: float = 0.8  # CRF marginal below this -> 255
+    iterations: int = field(10, ge=1)
+    gt_prob: float = field(0.7, gt=0.0, lt=1.0)  # a probability; 0 and 1 make the unary infinite
+    gaussian_sxy: float = field(3.0, gt=0.0)
+    gaussian_compat: float = field(3.0, ge=0.0)
+    bilateral_sxy: float = field(50.0, gt=0.0)
+    bilateral_srgb: float = field(5.0, gt=0.0)
+    bilateral_compat: float = field(10.0, ge=0.0)
+    ignore_confidence: float = field(0.8, **UNIT)  # CRF marginal below this -> 255
     ignore_disagreement: bool = False  # CRF label differs from the seed mask -> 255
-    processes: int = 0  # 0: one per core
+    processes: int = field(0, ge=0)  # 0: one per core
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     """Scoring (``evaluate``)."""
 
-    bg_sweep_start: float = 0.0
-    bg_sweep_stop: float = 0.6
-    bg_sweep_step: float = 0.05
-    num_overlays: int = 6
+    bg_sweep_start: float = field(0.0, **UNIT)
+    bg_sweep_stop: float = field(0.6, **UNIT)
+    bg_sweep_step: float = field(0.05, gt=0.0, le=1.0)
+    num_overlays: int = field(6, ge=0)
     faithfulness: bool = False  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcam"
-    faithfulness_max_images: int = 200
+    faithfulness_max_images: int = field(200, ge=1)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -198,4 +212,24 @@ def from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str = "") -
         name: _coerce(value, hints[name], f"{where}.{name}" if where else name)
         for name, value in values.items()
     }
+    for name, value in kwargs.items():
+        _check_range(value, fields[name].metadata.get("check"), f"{where}.{name}" if where else name)
     return cls(**kwargs)
+
+
+def _check_range(value: Any, check: dict | None, where: str) -> None:
+    if not check or value is None:
+        return
+    if check["nonempty"] and isinstance(value, (str, tuple)) and not (value.strip() if isinstance(value, str) else value):
+        raise ConfigError(f"{where}: must not be empty")
+    if check["choices"] is not None and value not in check["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, check['choices']))}")
+    for i, v in enumerate(value if isinstance(value, tuple) else (value,)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        at = f"{where}[{i}]" if isinstance(value, tuple) else where
+        ge, gt, le, lt = check["ge"], check["gt"], check["le"], check["lt"]
+        if (ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le) or (lt is not None and v >= lt):
+            lo = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else "(-inf"
+            hi = f"{le}]" if le is not None else f"{lt})" if lt is not None else "inf)"
+            raise ConfigError(f"{where}: {v!r} is outside the valid range {lo}, {hi}" + (f" (at {at})" if at != where else ""))

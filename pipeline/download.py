@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.voc import DatasetError
-from pipeline.io import atomic_dir, atomic_path, read_id_file, write_label_png, write_text_lines
+from pipeline.io import atomic_dir, atomic_path, id_path, read_id_file, write_label_png, write_text_lines
 
 __all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "DownloadError", "fetch", "extract", "install", "build_train_aug", "download_voc"]
 
@@ -248,9 +248,9 @@ def build_train_aug(voc_root: Path, sbd_root: Path, *, progress: bool = True) ->
     with atomic_dir(voc_root / "SegmentationClassAug") as tmp:
         for image_id in tqdm(sorted(set(sbd_ids) | voc_masks), desc="SegmentationClassAug", unit="img", disable=not progress):
             if image_id in voc_masks:
-                shutil.copyfile(voc_root / "SegmentationClass" / f"{image_id}.png", tmp / f"{image_id}.png")
+                shutil.copyfile(id_path(voc_root / "SegmentationClass", image_id, ".png"), id_path(tmp, image_id, ".png"))
             else:
-                write_label_png(tmp / f"{image_id}.png", _sbd_mask(sbd_root / "cls" / f"{image_id}.mat"))
+                write_label_png(id_path(tmp, image_id, ".png"), _sbd_mask(id_path(sbd_root / "cls", image_id, ".mat")))
     train_aug = sorted((set(sbd_ids) | set(voc_train)) - voc_val)
     write_text_lines(seg_lists / "train_aug.txt", train_aug)
     return train_aug

@@ -8,7 +8,9 @@ output folders are built beside their final place and renamed into it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,12 +25,17 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = [
+    "InvalidIdError",
+    "validate_id",
+    "id_path",
     "atomic_path",
     "atomic_dir",
     "write_json",
     "read_json",
     "write_text_lines",
     "read_id_file",
+    "unique_ids",
+    "remove_stale_dirs",
     "voc_palette",
     "write_label_png",
     "read_label_png",
@@ -37,11 +44,107 @@ __all__ = [
 ]
 
 
+log = logging.getLogger("wsl")
+
+# Names our own temporaries take beside an output; an id may not look like one.
+_TMP_SUFFIX = ".tmp"
+
+
+class InvalidIdError(ValueError):
+    """An image id that cannot safely name a file (it would leave its folder, or is empty)."""
+
+
+def validate_id(image_id: object, where: str = "") -> str:
+    """Return ``image_id`` if it can name a file inside a folder, else raise :class:`InvalidIdError`.
+
+    An id becomes ``<folder>/<id>.<ext>`` for images, masks, seeds and labels, so it must
+    be one plain file-name stem: not empty, no whitespace or control characters, no path
+    separator (``/``, ``\\``), no ``..``, and not starting with ``.`` (hidden files, and the
+    names of this pipeline's temporaries). ``where`` names the list file and line.
+    """
+    prefix = f"{where}: " if where else ""
+    if not isinstance(image_id, str):
+        raise InvalidIdError(f"{prefix}image id must be a string, got {image_id!r}")
+    problem = None
+    if not image_id:
+        problem = "it is empty"
+    elif any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in image_id):
+        problem = "it contains whitespace or a control character"
+    elif "/" in image_id or "\\" in image_id:
+        problem = "it contains a path separator"
+    elif ".." in image_id:
+        problem = "it contains '..'"
+    elif image_id.startswith("."):
+        problem = "it starts with '.'"
+    elif os.path.isabs(image_id) or os.path.splitdrive(image_id)[0]:
+        problem = "it is an absolute path"
+    if problem:
+        raise InvalidIdError(
+            f"{prefix}invalid image id {image_id!r}: {problem} (an id is a file name without extension, "
+            "e.g. 2007_000032)"
+        )
+    return image_id
+
+
+def id_path(folder: str | os.PathLike, image_id: str, suffix: str) -> Path:
+    """``folder/<image_id><suffix>``, after checking the id and that the path stays inside ``folder``."""
+    folder = Path(folder)
+    path = folder / f"{validate_id(image_id)}{suffix}"
+    # lexical check (symbolic links inside a dataset folder are legitimate): after
+    # validate_id this cannot fail; it guards any future change to the rules above
+    if os.path.dirname(os.path.normpath(path)) != os.path.normpath(folder):
+        raise InvalidIdError(f"image id {image_id!r}: {path} is not directly inside {folder}")
+    return path
+
+
+# Per process: for each folder written into, the stale temporaries found there on the
+# first write (left by a killed run), by the output name they were for. Only the
+# writer of a name removes that name's temporaries, so processes that share a folder
+# (DDP ranks writing their shards) never touch each other's files in flight.
+_stale_temporaries: dict[Path, dict[str, list[Path]]] = {}
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    parent = path.parent
+    found = _stale_temporaries.get(parent)
+    if found is None:
+        found = {}
+        with os.scandir(parent) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") and name.endswith(_TMP_SUFFIX) and entry.is_file(follow_symlinks=False):
+                    target = name[1:-len(_TMP_SUFFIX)].rsplit(".", 1)[0]  # ".<name>.<random>.tmp"
+                    found.setdefault(target, []).append(parent / name)
+        _stale_temporaries[parent] = found
+    for stale in found.pop(path.name, ()):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
+def remove_stale_dirs(path: str | os.PathLike) -> list[Path]:
+    """Remove what a killed :func:`atomic_dir` for ``path`` left beside it: ``.<name>.*.tmp``
+    folders and ``.<name>.old``. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for stale in [*path.parent.glob(f".{glob.escape(path.name)}.*{_TMP_SUFFIX}"), path.parent / f".{path.name}.old"]:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+                removed.append(stale)
+    if removed:
+        log.info("removed %d temporary folder(s) left by an interrupted run: %s", len(removed), ", ".join(map(str, removed)))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    Temporaries for the same name left beside it by a killed run are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -56,9 +159,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success."""
+    """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success.
+
+    Temporary folders for ``path`` left by a killed run (SIGKILL skips every cleanup) are
+    removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_dirs(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     trash = path.parent / f".{path.name}.old"
     try:
@@ -99,14 +207,38 @@ def write_text_lines(path: str | os.PathLike, lines: Sequence[str]) -> None:
 
 def read_id_file(path: str | os.PathLike) -> list[str]:
     """Ids from a VOC-style list: one per line; only the first column counts (``ImageSets/Main``
-    class lists carry a second)."""
+    class lists carry a second). Blank lines are skipped.
+
+    Every id is checked with :func:`validate_id` (the error names the file and line);
+    a repeated id is kept once, with one warning for the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: id list not found")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: id list is not UTF-8 text ({err})") from None
+    ids = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            ids.append(validate_id(line.split()[0], f"{path}:{number}"))
     if not ids:
         raise ValueError(f"{path}: id list is empty")
-    return ids
+    return unique_ids(ids, str(path))
+
+
+def unique_ids(ids: Sequence[str], where: str) -> list[str]:
+    """``ids`` in order with repeats dropped; one warning naming ``where`` when there were any."""
+    unique = list(dict.fromkeys(ids))
+    if len(unique) != len(ids):
+        seen: set[str] = set()
+        repeated = list(dict.fromkeys(i for i in ids if i in seen or seen.add(i)))
+        log.warning(
+            "%s: %d repeated id(s) kept once (%d lines, %d ids): %s%s", where, len(ids) - len(unique), len(ids),
+            len(unique), ", ".join(repeated[:5]), " ..." if len(repeated) > 5 else "",
+        )
+    return unique
 
 
 def voc_palette() -> list[int]:

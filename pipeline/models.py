@@ -9,9 +9,11 @@ is all the CAM core needs.
 from __future__ import annotations
 
 import dataclasses
+import pickle
+import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torchvision
@@ -27,6 +29,7 @@ __all__ = [
     "register_backbone",
     "list_backbones",
     "build_classifier",
+    "load_checkpoint",
     "dilate_last_stage",
     "backbone_normalization",
 ]
@@ -85,10 +88,35 @@ def _torchvision_net(name: str, weights: str) -> nn.Module:
         ) from err
 
 
+def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
+    """``torch.load`` of tensors only (no code runs), with one clear line on failure.
+
+    A truncated, corrupt or foreign file (a pickle with classes in it, a file of another
+    program) raises ``ValueError`` naming the file, what was wrong in a few words, and
+    ``remedy`` (what to do: e.g. rerun the train stage), instead of torch's traceback,
+    whose advice to pass ``weights_only=False`` would run arbitrary code from the file.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a damaged file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; {remedy}") from None
+    except Exception as err:  # noqa: BLE001 - damaged bytes surface as any exception of the unpickler
+        # (seen: UnpicklingError, RuntimeError, EOFError, IndexError); all mean the same to the user
+        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
+            why = "it holds Python objects besides tensors (not a checkpoint of this pipeline)"
+        else:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            why = f"unreadable or truncated ({type(err).__name__}: {first[:120]})"
+        raise ValueError(f"{path}: cannot load: {why}; {remedy}") from None
+
+
 def _load_state_file(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"model.weights: {path} is neither 'imagenet', 'none' nor an existing file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, remedy="set model.weights to a state_dict file saved by torch.save")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state

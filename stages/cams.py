@@ -12,8 +12,8 @@ from tqdm import tqdm
 from pipeline import distributed
 from pipeline.cams import list_methods, multiscale_cams
 from pipeline.data.index import DatasetIndex
-from pipeline.io import save_seeds
-from pipeline.models import build_classifier
+from pipeline.io import id_path, save_seeds
+from pipeline.models import build_classifier, load_checkpoint
 from pipeline.train import amp_dtype, resolve_device, to_tensor
 from stages.common import load_index, load_params, log, run
 
@@ -44,12 +44,15 @@ def _collate(items):
 def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if k not in ckpt]
+    ckpt = load_checkpoint(path, remedy="rerun the train stage (dvc repro -f train)")
+    missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
     model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
     return model.to(device).eval(), ckpt
 
 
@@ -94,7 +97,7 @@ def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch
             # one device-to-host copy per batch, after the whole batch is done
             host = torch.cat([m.half().flatten() for m in maps]).cpu().split([m.numel() for m in maps])
             for image_id, m, flat, l in zip(ids, maps, host, labels):
-                save_seeds(tmp / f"{image_id}.npz", flat.view(m.shape).numpy(), l.numpy(), index.size(image_id))
+                save_seeds(id_path(tmp, image_id, ".npz"), flat.view(m.shape).numpy(), l.numpy(), index.size(image_id))
             bar.update(len(ids))
         bar.close()
     if info.is_main:

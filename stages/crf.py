@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from pipeline.crf import POOL_CHUNKSIZE, refine_files
 from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
-from pipeline.io import atomic_dir, write_label_png
+from pipeline.io import atomic_dir, id_path, write_label_png
 from pipeline.parallel import default_processes, parallel_map
 from stages.common import load_index, load_params, log, run
 
@@ -24,12 +24,12 @@ def main() -> None:
     ids = index.splits["train"]
     voc = index.dataset("train")
     processes = default_processes(crf_p.processes)
-    jobs = ((str(voc.image_path(i)), str(MASKS / f"{i}.png"), index.labels(i), crf_p) for i in ids)
+    jobs = ((str(voc.image_path(i)), str(id_path(MASKS, i, ".png")), index.labels(i), crf_p) for i in ids)
     with atomic_dir(OUT) as tmp:
         labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
         results = parallel_map(refine_files, jobs, processes=processes, chunksize=POOL_CHUNKSIZE)
         for image_id, pseudo in tqdm(zip(ids, results), total=len(ids), desc=f"crf ({processes} proc)", unit="img"):
-            write_label_png(labels_dir / f"{image_id}.png", pseudo)
+            write_label_png(id_path(labels_dir, image_id, ".png"), pseudo)
         write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
     log.info("wrote %d pseudo-labels to %s", len(ids), OUT / VOC_SUBDIR)
     view = make_voc_view(OUT / VOC_SUBDIR, voc.root / "JPEGImages", VIEW)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline.cams import upsample_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
-from pipeline.io import atomic_dir, atomic_path, load_seeds, read_json, read_label_png, write_json
+from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
 from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
@@ -76,14 +76,14 @@ def main() -> None:
             continue
         scored += 1
         gt = torch.from_numpy(sample.mask)
-        maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
+        maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
         full = upsample_maps(torch.from_numpy(maps).float(), size)
         fg_score, fg_label = foreground(full, torch.from_numpy(class_ids))
         for t, bg in enumerate(thresholds):
             sweep[t] += confusion_matrix(labels_at_threshold(fg_score, fg_label, float(bg)), gt, n)
-        mask = read_label_png(MASKS / f"{image_id}.png")
+        mask = read_label_png(id_path(MASKS, image_id, ".png"))
         masks_cm += confusion_matrix(mask, gt, n)
-        pl = read_label_png(PSEUDO / f"{image_id}.png")
+        pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
         pseudo.update(pl, sample.mask)
         if len(overlays) < ev.num_overlays:
             heat = fg_score.numpy()
@@ -126,7 +126,7 @@ def main() -> None:
     write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
     with atomic_dir(PLOTS / "overlays") as tmp:
         for image_id, picture in overlays:
-            Image.fromarray(picture).save(tmp / f"{image_id}.png")
+            Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
     log.info(
         "seeds mIoU %.4f at bg %.2f | masks %.4f | pseudo-labels %.4f | boxes acc@0.5 %.4f",
         sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], box_summary["accuracy_iou50"],
@@ -149,7 +149,7 @@ def faithfulness(index, cam_p, ev) -> dict:
             batch_ids = [ids[p] for p in batch]
             images = torch.stack([torch.from_numpy(voc.load_image(i)) for i in batch_ids]).to(device)
             images = images.permute(0, 3, 1, 2).float().div(255)
-            seeds = [load_seeds(SEEDS / f"{i}.npz") for i in batch_ids]
+            seeds = [load_seeds(id_path(SEEDS, i, ".npz")) for i in batch_ids]
             ours = [upsample_maps(torch.from_numpy(maps).float().to(device), size) for maps, _, size in seeds]
             generator.manual_seed(zlib.crc32(batch_ids[0].encode()))
             score.update(*compare_explanations(

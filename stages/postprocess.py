@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cams import upsample_maps
-from pipeline.io import atomic_dir, load_seeds, write_json, write_label_png
+from pipeline.io import atomic_dir, id_path, load_seeds, write_json, write_label_png
 from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
 from stages.common import load_index, load_params, log, run
 
@@ -24,10 +24,10 @@ def main() -> None:
     boxes = {}
     with atomic_dir(MASKS) as tmp:
         for image_id in tqdm(ids, desc="masks+boxes", unit="img"):
-            maps, class_ids, size = load_seeds(SEEDS / f"{image_id}.npz")
+            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
             full = upsample_maps(torch.from_numpy(maps).float(), size)
             class_t = torch.from_numpy(class_ids)
-            write_label_png(tmp / f"{image_id}.png", seeds_to_mask(full, class_t, post.bg).numpy())
+            write_label_png(id_path(tmp, image_id, ".png"), seeds_to_mask(full, class_t, post.bg).numpy())
             boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, post.box_fraction)
         write_json(BOXES, {"box_fraction": post.box_fraction, "classes": list(index.classes), "images": boxes})
     log.info("wrote %d masks to %s and boxes to %s", len(ids), MASKS, BOXES)

@@ -1,6 +1,17 @@
 import pytest
 
-from pipeline.config import BuiltinParams, ConfigError, CrfParams, DataParams, TrainParams, from_dict
+from pipeline.config import (
+    BuiltinParams,
+    CamParams,
+    ConfigError,
+    CrfParams,
+    DataParams,
+    EvaluateParams,
+    ModelParams,
+    PostprocessParams,
+    TrainParams,
+    from_dict,
+)
 from stages.common import load_params
 
 
@@ -21,7 +32,47 @@ def test_type_errors():
         from_dict(CrfParams, {"iterations": "ten"}, "p:crf")
     with pytest.raises(ConfigError, match="expected true or false"):
         from_dict(CrfParams, {"ignore_disagreement": "yes"}, "p:crf")
-    assert from_dict(CrfParams, {"gt_prob": 1}).gt_prob == 1.0
+    assert from_dict(CrfParams, {"gt_prob": 0.5}).gt_prob == 0.5
+    assert from_dict(CrfParams, {"bilateral_srgb": 5}).bilateral_srgb == 5.0  # an int where a float goes
+
+
+@pytest.mark.parametrize(
+    "cls, section, values, message",
+    [
+        (PostprocessParams, "postprocess", {"bg": 2.5}, r"postprocess\.bg: 2\.5 is outside the valid range \[0\.0, 1\.0\]"),
+        (PostprocessParams, "postprocess", {"box_fraction": -0.1}, r"postprocess\.box_fraction: -0\.1 is outside"),
+        (CrfParams, "crf", {"gt_prob": 1}, r"crf\.gt_prob: 1\.0 is outside the valid range \(0\.0, 1\.0\)"),
+        (CrfParams, "crf", {"ignore_confidence": 1.5}, r"crf\.ignore_confidence"),
+        (CrfParams, "crf", {"iterations": 0}, r"crf\.iterations: 0 is outside"),
+        (CamParams, "cam", {"scales": []}, r"cam\.scales: must not be empty"),
+        (CamParams, "cam", {"scales": [1.0, -0.5]}, r"cam\.scales: -0\.5 is outside .* \(at cam\.scales\[1\]\)"),
+        (CamParams, "cam", {"batch_size": 0}, r"cam\.batch_size: 0 is outside"),
+        (TrainParams, "train", {"epochs": 0}, r"train\.epochs: 0 is outside"),
+        (TrainParams, "train", {"lr": 0}, r"train\.lr: 0\.0 is outside the valid range \(0\.0, inf\)"),
+        (TrainParams, "train", {"optimizer": "adam"}, r"train\.optimizer: 'adam' is not one of adamw, sgd"),
+        (TrainParams, "train", {"processes": 0}, r"train\.processes"),
+        (DataParams, "data", {"source": "coco"}, r"data\.source: 'coco' is not one of builtin, voc"),
+        (DataParams, "data", {"train_list": " "}, r"data\.train_list: must not be empty"),
+        (DataParams, "data", {"builtin": {"num_train": 0}}, r"data\.builtin\.num_train: 0 is outside"),
+        (EvaluateParams, "evaluate", {"bg_sweep_step": 0}, r"evaluate\.bg_sweep_step"),
+        (ModelParams, "model", {"std": [0.5, 0, 0.5]}, r"model\.std: 0\.0 is outside"),
+    ],
+)
+def test_ranges_name_the_key(cls, section, values, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(cls, values, section)
+
+
+def test_every_range_accepts_its_default():
+    """The dataclass defaults themselves pass the checks (from_dict checks only given keys)."""
+    import dataclasses
+
+    from stages.common import SECTIONS
+
+    for name, cls in SECTIONS.items():
+        values = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls) if not dataclasses.is_dataclass(f.type)}
+        values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if not dataclasses.is_dataclass(v)}
+        from_dict(cls, values, name)
 
 
 def test_load_params_rejects_unknown_section_and_key(tmp_path):

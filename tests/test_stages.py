@@ -235,3 +235,48 @@ def test_sigterm_removes_the_temporary_output(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def _pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.stem: read_label_png(p) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.mark.parametrize("stage, out", [("cams", "outputs/seeds"), ("crf", "outputs/pseudo_labels")])
+def test_sigkill_mid_stage_keeps_the_old_output_and_the_rerun_is_identical(pipeline_run, tmp_path, stage, out):
+    """SIGKILL (no cleanup at all) while the stage writes: the previous complete output stays
+    in place, and the next run removes the leftover and writes the same output as before."""
+    _copy_run(pipeline_run, tmp_path, TINY)
+    if stage == "crf":
+        import shutil
+
+        shutil.copytree(pipeline_run / "outputs/seeds", tmp_path / "outputs/seeds")
+    assert run_stage(tmp_path, stage).returncode == 0
+    read = _seeds if stage == "cams" else (lambda p: _pngs(p / "VOCdevkit/VOC2012/SegmentationClass"))
+    before = read(tmp_path / out)
+    proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    name = Path(out).name
+    while not list((tmp_path / out).parent.glob(f".{name}.*.tmp")):
+        assert proc.poll() is None, "the stage ended before it could be killed mid-write"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert list((tmp_path / out).parent.glob(f".{name}.*.tmp"))  # the kill left its temporary folder
+    middle = read(tmp_path / out)
+    assert sorted(middle) == sorted(before) and all(np.array_equal(middle[k], before[k]) for k in before)
+    assert run_stage(tmp_path, stage).returncode == 0
+    after = read(tmp_path / out)
+    assert sorted(after) == sorted(before) and all(np.array_equal(after[k], before[k]) for k in before)
+    assert not list((tmp_path / out).parent.glob(f".{name}.*"))
+
+
+def test_two_runs_from_scratch_are_identical(pipeline_run, tmp_path):
+    write_params(tmp_path, TINY)
+    for stage in ("prepare", "train", "cams", "postprocess", "crf", "evaluate"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    for name in ("train", "seeds", "masks", "pseudo_labels", "boxes", "faithfulness"):
+        assert (tmp_path / f"metrics/{name}.json").read_text() == (pipeline_run / f"metrics/{name}.json").read_text(), name
+    one, two = _seeds(pipeline_run / "outputs/seeds"), _seeds(tmp_path / "outputs/seeds")
+    assert sorted(one) == sorted(two) and all(np.array_equal(one[k], two[k]) for k in one)

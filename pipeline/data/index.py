@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.data.voc import DatasetError, VOCDataset
+from pipeline.io import InvalidIdError, validate_id
 
-__all__ = ["index_split", "DatasetIndex"]
+__all__ = ["index_split", "file_digest", "DatasetIndex"]
+
+
+def file_digest(paths: Sequence[Path]) -> str:
+    """BLAKE2b (128 bit) over the bytes of the files that exist among ``paths``, each
+    prefixed with its name, so that any change to a file's content, or a file appearing
+    or disappearing, changes the digest. Size and modification time are not enough:
+    a re-encoded JPEG or an edited mask can keep both."""
+    h = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        if path.is_file():
+            h.update(path.name.encode() + b"\0")
+            h.update(path.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()
 
 
 def index_split(voc: VOCDataset, *, verify_images: bool = True, progress: Callable | None = None) -> tuple[dict, list[str]]:
-    """Labels and ``(H, W)`` of every id in ``voc``, checking each file on the way.
+    """Labels, ``(H, W)`` and content digest of every id in ``voc``, checking each file on the way.
 
     Every image must exist (and decode when ``verify_images``), every mask must match
     its image's size, every XML class name must be known. An image with no labels at
-    all is not an error: it is skipped and returned in the second list.
+    all is not an error: it is skipped and returned in the second list. The digest
+    (:func:`file_digest` of the image, mask and XML) puts the files' content into the
+    index, so that DVC reruns every later stage when a file changes.
 
     Returns:
-        ``({id: {"labels": [...], "size": [H, W]}}, skipped_ids)``.
+        ``({id: {"labels": [...], "size": [H, W], "digest": hex}}, skipped_ids)``.
     """
     entries: dict[str, dict] = {}
     skipped: list[str] = []
@@ -32,7 +51,8 @@ def index_split(voc: VOCDataset, *, verify_images: bool = True, progress: Callab
         if not labels:
             skipped.append(image_id)
             continue
-        entries[image_id] = {"labels": list(labels), "size": [int(size[0]), int(size[1])]}
+        digest = file_digest([voc.image_path(image_id), voc.mask_path(image_id), voc.xml_path(image_id)])
+        entries[image_id] = {"labels": list(labels), "size": [int(size[0]), int(size[1])], "digest": digest}
     if not entries:
         raise DatasetError(f"{voc.root}: none of the {len(voc)} images has a label")
     return entries, skipped
@@ -74,11 +94,17 @@ class DatasetIndex:
     @classmethod
     def from_dict(cls, data: dict, where: str = "dataset index") -> "DatasetIndex":
         try:
-            return cls(
+            index = cls(
                 data["root"], data["classes"], data["splits"], data["images"], data["skipped"], data["use_difficult"]
             )
-        except (KeyError, TypeError) as err:
+            for split, ids in index.splits.items():
+                for image_id in ids:
+                    validate_id(image_id, f"{where}: split {split}")
+                    if image_id not in index.images:
+                        raise DatasetError(f"{where}: split {split} names {image_id!r}, which has no entry; rerun the prepare stage")
+        except (KeyError, TypeError, InvalidIdError) as err:
             raise DatasetError(f"{where}: not a dataset index ({err}); rerun the prepare stage") from None
+        return index
 
     def dataset(self, split: str) -> VOCDataset:
         """The VOC reader over one split's ids."""

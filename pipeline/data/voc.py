@@ -25,7 +25,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.io import read_id_file, read_label_png, write_label_png, write_text_lines, atomic_path
+from pipeline.io import (
+    atomic_path,
+    id_path,
+    read_id_file,
+    read_label_png,
+    unique_ids,
+    validate_id,
+    write_label_png,
+    write_text_lines,
+)
 
 __all__ = [
     "VOC_CLASSES",
@@ -157,19 +166,22 @@ class VOCDataset:
                 f"id list {str(ids)!r} not found: not a file, nor in {self.root}/ImageSets/{{Segmentation,Main}}; "
                 f"available lists: {', '.join(available) or 'none'}"
             )
-        return list(ids)
+        if isinstance(ids, (bytes, bytearray)) or not isinstance(ids, Sequence):
+            raise TypeError(f"ids must be a list name, a path or a sequence of ids, got {type(ids).__name__}")
+        checked = [validate_id(i, f"ids[{n}]") for n, i in enumerate(ids)]
+        return unique_ids(checked, "id sequence")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def image_path(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+        return id_path(self.root / "JPEGImages", image_id, ".jpg")
 
     def mask_path(self, image_id: str) -> Path:
-        return self.root / "SegmentationClass" / f"{image_id}.png"
+        return id_path(self.root / "SegmentationClass", image_id, ".png")
 
     def xml_path(self, image_id: str) -> Path:
-        return self.root / "Annotations" / f"{image_id}.xml"
+        return id_path(self.root / "Annotations", image_id, ".xml")
 
     def has_mask(self, image_id: str) -> bool:
         return self.mask_path(image_id).is_file()
@@ -301,11 +313,11 @@ def write_sample(
     root = Path(root)
     (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
     (root / "Annotations").mkdir(parents=True, exist_ok=True)
-    with atomic_path(root / "JPEGImages" / f"{image_id}.jpg") as tmp:
+    with atomic_path(id_path(root / "JPEGImages", image_id, ".jpg")) as tmp:
         Image.fromarray(image).save(tmp, format="JPEG", quality=jpeg_quality)
     if mask is not None:
-        write_label_png(root / "SegmentationClass" / f"{image_id}.png", mask)
-    with atomic_path(root / "Annotations" / f"{image_id}.xml") as tmp:
+        write_label_png(id_path(root / "SegmentationClass", image_id, ".png"), mask)
+    with atomic_path(id_path(root / "Annotations", image_id, ".xml")) as tmp:
         tmp.write_text(_annotation_xml(image_id, image.shape[:2], objects))
 
 

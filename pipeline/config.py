@@ -22,6 +22,8 @@ __all__ = [
     "PostprocessParams",
     "CrfParams",
     "EvaluateParams",
+    "AffinityParams",
+    "RefineParams",
     "from_dict",
 ]
 
@@ -144,6 +146,53 @@ class CrfParams:
     ignore_confidence: float = field(0.8, **UNIT)  # CRF marginal below this -> 255
     ignore_disagreement: bool = False  # CRF label differs from the seed mask -> 255
     processes: int = field(0, ge=0)  # 0: one per core
+
+
+@dataclasses.dataclass(frozen=True)
+class AffinityParams:
+    """The boundary (inter-pixel affinity) network of the ``rw`` refinement (``affinity``);
+    defaults are IRN's (Ahn et al., CVPR 2019), scaled where our data is smaller (README)."""
+
+    backbone: str = "classifier"  # classifier: the trained classifier's backbone; or a name as model.backbone
+    weights: str = "none"  # for a named backbone: imagenet | none | path to a state_dict
+    output_stride: int = field(16, choices=(16, 32))  # for a named backbone (IRN: ResNet-50 at stride 16)
+    mean: tuple[float, ...] | None = field(None, nonempty=True)  # for a named backbone; None: its own normalisation
+    std: tuple[float, ...] | None = field(None, gt=0.0, nonempty=True)
+    freeze_backbone: bool = True  # IRN trains only the boundary branch on a frozen backbone
+    width: int = field(32, ge=4)  # channels of each level in the boundary branch (IRN: 32)
+    fg_bg: float = field(0.30, **UNIT)  # IRN conf_fg_thres: bg plane of the CRF whose classes are confident
+    bg_bg: float = field(0.05, **UNIT)  # IRN conf_bg_thres: bg plane of the CRF whose background is confident
+    radius: int = field(10, ge=2)  # IRN: pairs within 10 cells (at 1/4 resolution) in training
+    epochs: int = field(3, ge=1)  # IRN: 3 epochs of VOC train_aug (10,582 images)
+    batch_size: int = field(32, ge=1)  # IRN: 32
+    crop_size: int = field(512, ge=16)  # IRN: 512
+    scale_range: tuple[float, ...] = field((0.64, 1.28), gt=0.0, nonempty=True)  # random rescale (IRN: long side 320-640 of ~500)
+    lr: float = field(0.1, gt=0.0)  # IRN: SGD, 0.1, poly
+    weight_decay: float = field(1e-4, ge=0.0)
+    momentum: float = field(0.0, ge=0.0, lt=1.0)  # IRN's PolyOptimizer is plain SGD
+    num_workers: int = field(0, ge=0)
+    seed: int = field(0, ge=0)
+    device: str = "auto"
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))
+    processes: int = field(0, ge=0)  # CRF pool for the confident labels (0: one per core)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineParams:
+    """Refinement of the seeds beyond the CRF (``refine``): ``rw`` (IRN's random walk over
+    the learnt boundaries), ``par`` (AFA's training-free pixel-adaptive refinement) or ``none``."""
+
+    method: str = field("rw", choices=("rw", "par", "none"))
+    export: str = field("refined", choices=("refined", "crf"))  # which labels outputs/voc_view points at
+    radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
+    beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
+    steps: int = field(256, ge=1)  # IRN: 2 ** 8 walk steps
+    bg_threshold: float = field(0.25, **UNIT)  # IRN sem_seg_bg_thres
+    flip: bool = True  # boundary map averaged with the mirrored image's (IRN)
+    par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
+    par_iterations: int = field(10, ge=1)  # AFA
+    par_downscale: int = field(1, ge=1)  # work at 1/par_downscale of the image size
+    device: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pydensecrf.utils import unary_from_labels
 from pipeline.config import CrfParams
 from pipeline.data.voc import IGNORE_INDEX
 
-__all__ = ["POOL_CHUNKSIZE", "dense_crf", "refine_mask", "refine_files"]
+__all__ = ["POOL_CHUNKSIZE", "dense_crf", "refine_mask", "refine_files", "crf_label_pair"]
 
 # Images per process-pool task. A VOC image costs 0.3-0.8 s of CRF, so a task's round
 # trip (about a millisecond) is lost in it at any size; a small one keeps the pool's
@@ -105,3 +105,24 @@ def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
         return refine_mask(image, mask, np.asarray(class_ids), params)
     except ValueError as err:
         raise ValueError(f"{mask_path}: {err}") from None
+
+
+def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]) -> tuple[np.ndarray, np.ndarray]:
+    """Pool worker of the ``affinity`` stage: the CRF labels of two seed masks of one image
+    (IRN's confident-label recipe: the seeds under a high and under a low background plane).
+
+    The CRF's plain argmax is returned (no ignore): :func:`pipeline.affinity.confident_labels`
+    combines the two maps.
+    """
+    import dataclasses
+
+    from PIL import Image
+
+    image_path, fg_mask, bg_mask, class_ids, params = job
+    try:
+        with Image.open(image_path) as im:
+            image = np.array(im.convert("RGB"))
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"{image_path}: cannot decode image ({err})") from None
+    plain = dataclasses.replace(params, ignore_confidence=0.0, ignore_disagreement=False)
+    return tuple(refine_mask(image, m, np.asarray(class_ids), plain) for m in (fg_mask, bg_mask))

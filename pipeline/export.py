@@ -84,7 +84,8 @@ def make_voc_view(labels_dir: Path, images_dir: Path, view_root: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rebuild the VOC-shaped view of the pseudo-labels (symbolic links).")
-    parser.add_argument("--labels", type=Path, default=Path("outputs/pseudo_labels") / VOC_SUBDIR)
+    parser.add_argument("--labels", type=Path, default=Path("outputs/refined") / VOC_SUBDIR,
+                        help="the exported labels (default: the refine stage's; the CRF's: outputs/pseudo_labels/VOCdevkit/VOC2012)")
     parser.add_argument("--images", type=Path, default=None, help="JPEGImages folder (default: from data/prepared/dataset.json)")
     parser.add_argument("--out", type=Path, default=Path("outputs/voc_view"))
     args = parser.parse_args(argv)

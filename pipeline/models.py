@@ -30,6 +30,8 @@ __all__ = [
     "list_backbones",
     "build_classifier",
     "load_checkpoint",
+    "MultiLevelEncoder",
+    "load_classifier",
     "dilate_last_stage",
     "backbone_normalization",
 ]
@@ -336,3 +338,63 @@ def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[floa
     """The input ``(mean, std)`` (on [0, 1] images) a backbone was trained with."""
     spec = _get_spec(backbone)
     return spec.mean, spec.std
+
+
+class MultiLevelEncoder(nn.Module):
+    """A classifier's backbone as a multi-level feature extractor: ``forward(images)`` returns
+    the feature maps at several strides, finest first, as timm's ``features_only`` models do
+    (what an affinity / boundary network fuses).
+
+    timm classifiers use their own ``forward_intermediates``. For the torchvision
+    classifiers (a ``Sequential`` of stages), the last output at each resolution is kept.
+    ``channels`` and ``strides`` are measured once with a probe image.
+    """
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        if isinstance(classifier, TimmClassifier) and hasattr(classifier.net, "forward_intermediates"):
+            self.net, self._timm = classifier.net, True
+        elif isinstance(getattr(classifier, "features", None), nn.Sequential):
+            self.net, self._timm = classifier.features, False
+        else:
+            raise ValueError(f"{type(classifier).__name__}: no multi-level features to take (expected a timm model or a Sequential of stages)")
+        probe_size = 64
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            probe = self(torch.zeros(1, 3, probe_size, probe_size))
+        self.net.train(was_training)
+        self.channels = tuple(int(f.shape[1]) for f in probe)
+        self.strides = tuple(probe_size // int(f.shape[-1]) for f in probe)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self._timm:
+            return list(self.net.forward_intermediates(images, intermediates_only=True))
+        levels: list[torch.Tensor] = []
+        x = images
+        for stage in self.net:
+            x = stage(x)
+            if levels and levels[-1].shape[-2:] == x.shape[-2:]:
+                levels[-1] = x  # same resolution: keep the deeper map
+            else:
+                levels.append(x)
+        return levels
+
+
+def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The classifier the ``train`` stage saved, in eval mode on ``device``, and its checkpoint
+    (backbone name, classes, normalisation); a missing, damaged or foreign file is one
+    clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
+    ckpt = load_checkpoint(path, remedy="rerun the train stage (dvc repro -f train)")
+    missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
+    model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
+    return model.to(device).eval(), ckpt

@@ -13,12 +13,11 @@ from pipeline import distributed
 from pipeline.cams import list_methods, multiscale_cams
 from pipeline.data.index import DatasetIndex
 from pipeline.io import id_path, save_seeds
-from pipeline.models import build_classifier, load_checkpoint
+from pipeline.models import load_classifier
 from pipeline.train import amp_dtype, resolve_device, to_tensor
-from stages.common import load_index, load_params, log, run
+from stages.common import CLASSIFIER, SEEDS, load_index, load_params, log, run
 
-CHECKPOINT = Path("models/classifier.pt")
-OUT = Path("outputs/seeds")
+CHECKPOINT, OUT = CLASSIFIER, SEEDS
 
 
 class _Images(Dataset):
@@ -39,21 +38,6 @@ class _Images(Dataset):
 def _collate(items):
     images, labels, ids = zip(*items)
     return torch.stack(images), list(labels), list(ids)
-
-
-def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
-    ckpt = load_checkpoint(path, remedy="rerun the train stage (dvc repro -f train)")
-    missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
-    model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
-    return model.to(device).eval(), ckpt
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import (
+    AffinityParams,
     CamParams,
     ConfigError,
     CrfParams,
@@ -18,6 +19,7 @@ from pipeline.config import (
     EvaluateParams,
     ModelParams,
     PostprocessParams,
+    RefineParams,
     TrainParams,
     from_dict,
 )
@@ -27,6 +29,19 @@ from pipeline.io import read_json
 PARAMS_FILE = Path("params.yaml")
 INDEX_FILE = Path("data/prepared/dataset.json")
 
+# Every stage output, in one place (dvc.yaml names the same paths).
+CLASSIFIER = Path("models/classifier.pt")
+SEEDS = Path("outputs/seeds")
+MASKS = Path("outputs/masks")
+BOXES = Path("outputs/boxes.json")
+PSEUDO_LABELS = Path("outputs/pseudo_labels")  # the crf stage's VOC-shaped export
+AFFINITY_MODEL = Path("models/affinity.pt")
+AFFINITY_LABELS = Path("outputs/affinity_labels")  # IRN's confident labels the boundary net trains on
+REFINED = Path("outputs/refined")  # the refine stage's VOC-shaped export
+VIEW = Path("outputs/voc_view")  # links to the images and the exported labels; not a DVC output
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "model": ModelParams,
@@ -34,6 +49,8 @@ SECTIONS: dict[str, type] = {
     "cam": CamParams,
     "postprocess": PostprocessParams,
     "crf": CrfParams,
+    "affinity": AffinityParams,
+    "refine": RefineParams,
     "evaluate": EvaluateParams,
 }
 

@@ -1,21 +1,17 @@
-"""Stage `crf`: refine masks with a dense CRF -> VOC-shaped pseudo-labels in outputs/pseudo_labels/,
-and a VOC-shaped view of links to them and the images in outputs/voc_view/ (see pipeline.export)."""
+"""Stage `crf`: refine masks with a dense CRF -> VOC-shaped pseudo-labels in outputs/pseudo_labels/
+(see pipeline.export; the refine stage links them or its own labels into outputs/voc_view/)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.crf import POOL_CHUNKSIZE, refine_files
-from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
+from pipeline.export import VOC_SUBDIR, list_name, write_id_lists
 from pipeline.io import atomic_dir, id_path, write_label_png
 from pipeline.parallel import default_processes, parallel_map
-from stages.common import load_index, load_params, log, run
+from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
 
-MASKS = Path("outputs/masks")
-OUT = Path("outputs/pseudo_labels")
-VIEW = Path("outputs/voc_view")  # links only, rebuilt on every run; not a DVC output
+OUT = PSEUDO_LABELS
 
 
 def main() -> None:
@@ -31,9 +27,7 @@ def main() -> None:
         for image_id, pseudo in tqdm(zip(ids, results), total=len(ids), desc=f"crf ({processes} proc)", unit="img"):
             write_label_png(id_path(labels_dir, image_id, ".png"), pseudo)
         write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
-    log.info("wrote %d pseudo-labels to %s", len(ids), OUT / VOC_SUBDIR)
-    view = make_voc_view(OUT / VOC_SUBDIR, voc.root / "JPEGImages", VIEW)
-    log.info("VOC-shaped view (images + pseudo-labels) at %s", view)
+    log.info("wrote %d pseudo-labels to %s (the refine stage builds the VOC-shaped view)", len(ids), OUT / VOC_SUBDIR)
 
 
 if __name__ == "__main__":

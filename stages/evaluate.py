@@ -1,7 +1,9 @@
-"""Stage `evaluate`: score seeds, masks, CRF pseudo-labels and boxes against ground truth.
+"""Stage `evaluate`: score seeds, masks, CRF pseudo-labels, refined pseudo-labels and boxes
+against ground truth.
 
-Writes metrics/{seeds,masks,pseudo_labels,boxes}.json, plots/bg_sweep.csv,
-plots/per_class_iou.csv and a few overlays in plots/overlays/.
+Writes metrics/{seeds,masks,pseudo_labels,refined,boxes}.json, plots/bg_sweep.csv,
+plots/per_class_iou.csv and a few overlays in plots/overlays/ (image, seed heat map,
+seed mask, CRF labels, refined labels, ground truth).
 """
 
 from __future__ import annotations
@@ -22,15 +24,12 @@ from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json,
 from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
-from stages.cams import CHECKPOINT, load_classifier
-from stages.common import load_index, load_params, log, run
+from pipeline.export import VOC_SUBDIR
+from pipeline.models import load_classifier
+from stages.common import CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, SEEDS, load_index, load_params, log, run
 
-SEEDS = Path("outputs/seeds")
-MASKS = Path("outputs/masks")
-BOXES = Path("outputs/boxes.json")
-PSEUDO = Path("outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass")
-METRICS = Path("metrics")
-PLOTS = Path("plots")
+PSEUDO = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
+REFINED_LABELS = REFINED / VOC_SUBDIR / "SegmentationClass"
 
 
 def _per_class(iou: np.ndarray, names: list[str]) -> dict[str, float]:
@@ -46,7 +45,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def main() -> None:
-    (post, ev, cam_p) = load_params("postprocess", "evaluate", "cam")
+    (post, ev, cam_p, refine_p) = load_params("postprocess", "evaluate", "cam", "refine")
     index = load_index()
     names = ["background", *index.classes]
     n = len(names)
@@ -63,6 +62,7 @@ def main() -> None:
     sweep = np.zeros((thresholds.size, n, n), np.int64)
     masks_cm = np.zeros((n, n), np.int64)
     pseudo = PseudoLabelScore(n)
+    refined = PseudoLabelScore(n)
     box_scores = {name: BoxScore() for name in BOX_SETS}
     scored = 0
     overlays = []
@@ -85,9 +85,12 @@ def main() -> None:
         masks_cm += confusion_matrix(mask, gt, n)
         pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
         pseudo.update(pl, sample.mask)
+        rl = read_label_png(id_path(REFINED_LABELS, image_id, ".png"))
+        refined.update(rl, sample.mask)
         if len(overlays) < ev.num_overlays:
             heat = fg_score.numpy()
-            panels = [sample.image, heatmap_overlay(sample.image, heat), label_overlay(sample.image, mask), label_overlay(sample.image, pl), label_overlay(sample.image, sample.mask)]
+            panels = [sample.image, heatmap_overlay(sample.image, heat), label_overlay(sample.image, mask), label_overlay(sample.image, pl),
+                      label_overlay(sample.image, rl), label_overlay(sample.image, sample.mask)]
             overlays.append((image_id, side_by_side(panels)))
     if scored == 0:
         raise ValueError(f"evaluate: none of the {len(voc)} eval ids has a ground-truth mask in {voc.root}/SegmentationClass")
@@ -106,6 +109,9 @@ def main() -> None:
     write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **_per_class(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
     write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **_per_class(pl_iou, names)})
+    refined_iou = iou_per_class(refined.full)
+    write_json(METRICS / "refined.json", {"method": refine_p.method, **{k: round(v, 4) for k, v in refined.summary().items()},
+                                          **_per_class(refined_iou, names)})
     box_summary = {}
     for name, score in box_scores.items():
         s = score.summary()
@@ -119,8 +125,8 @@ def main() -> None:
     _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
     _write_csv(
         PLOTS / "per_class_iou.csv",
-        ["class", "seeds", "masks", "pseudo_labels"],
-        [[c, *(None if np.isnan(v) else round(float(v), 4) for v in (a, b, d))] for c, a, b, d in zip(names, seeds_iou, masks_iou, pl_iou)],
+        ["class", "seeds", "masks", "pseudo_labels", "refined"],
+        [[c, *(None if np.isnan(v) else round(float(v), 4) for v in row)] for c, *row in zip(names, seeds_iou, masks_iou, pl_iou, refined_iou)],
     )
     # always written (DVC expects the output); {"enabled": false} when switched off
     write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
@@ -128,8 +134,9 @@ def main() -> None:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
     log.info(
-        "seeds mIoU %.4f at bg %.2f | masks %.4f | pseudo-labels %.4f | boxes acc@0.5 %.4f",
-        sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], box_summary["accuracy_iou50"],
+        "seeds mIoU %.4f at bg %.2f | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %.4f",
+        sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], refine_p.method,
+        refined.summary()["miou"], box_summary["accuracy_iou50"],
     )
 
 
@@ -139,7 +146,7 @@ def faithfulness(index, cam_p, ev) -> dict:
     ``cam.batch_size`` images of one size; the other method's maps are made here with the
     same cam settings (SmoothGrad noise seeded per batch, as in the cams stage)."""
     device = resolve_device(cam_p.device)
-    model, ckpt = load_classifier(CHECKPOINT, device)
+    model, ckpt = load_classifier(CLASSIFIER, device)
     ids = [i for i in index.splits["eval"] if index.labels(i)][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from tqdm import tqdm
 
 from pipeline.cams import upsample_maps
 from pipeline.io import atomic_dir, id_path, load_seeds, write_json, write_label_png
 from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
-from stages.common import load_index, load_params, log, run
+from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 
-SEEDS = Path("outputs/seeds")
-MASKS = Path("outputs/masks")
-BOXES = Path("outputs/boxes.json")
 
 
 def main() -> None:

@@ -26,10 +26,11 @@ from pipeline.train import (
     train_one_epoch,
 )
 from pipeline.io import atomic_path, write_json
-from stages.common import load_index, load_params, log, run
+from stages.common import CLASSIFIER, load_index, load_params, log, run
+from stages.common import METRICS as METRICS_DIR
 
-CHECKPOINT = Path("models/classifier.pt")
-METRICS = Path("metrics/train.json")
+CHECKPOINT = CLASSIFIER
+METRICS = METRICS_DIR / "train.json"
 LIVE_DIR = Path("dvclive/train")
 
 

@@ -203,7 +203,7 @@ class _Foreign:
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "not_a_dict"])
 def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage):
-    from stages.cams import load_classifier
+    from pipeline.models import load_classifier
 
     path = tmp_path / "classifier.pt"
     if damage == "garbage":
@@ -371,3 +371,12 @@ def test_missing_bndbox_names_the_file(voc_root):
     path.write_text("<annotation><object><name>dog</name><difficult>0</difficult></object></annotation>")
     with pytest.raises(DatasetError, match=rf"{path}: object 'dog' has no valid bndbox"):
         VOCDataset(voc_root, "train")[0]
+
+
+def test_fingerprint_benchmark_quick(tmp_path):
+    from benchmarks import fingerprint
+
+    fingerprint.main(["--quick", "--out", str(tmp_path)])
+    case = json.loads((tmp_path / "fingerprint_quick.json").read_text())["cases"]["builtin_200"]
+    assert case["images"] == 200 and case["bytes"] > 0
+    assert case["digests_only"] > 0 and case["index_verify"] > 0

@@ -21,8 +21,13 @@ TINY = {
     "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
     "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
     "crf": {"processes": 2, "iterations": 3},
+    "affinity": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu", "processes": 2},
+    "refine": {"device": "cpu", "steps": 64},
     "evaluate": {"num_overlays": 2, "faithfulness": True, "faithfulness_versus": "gradcampp", "faithfulness_max_images": 4},
 }
+
+
+STAGES = ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "evaluate")
 
 
 def run_stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
@@ -37,7 +42,7 @@ def write_params(cwd: Path, params: dict) -> None:
 def pipeline_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("run")
     write_params(cwd, TINY)
-    for stage in ("prepare", "train", "cams", "postprocess", "crf", "evaluate"):
+    for stage in STAGES:
         result = run_stage(cwd, stage)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
     return cwd
@@ -157,7 +162,7 @@ def test_voc_source_bad_input_names_file_and_writes_nothing(tmp_path, damage, me
 def _copy_run(src: Path, dst: Path, params: dict) -> None:
     import shutil
 
-    for sub in ("data/prepared", "models", "outputs/masks"):
+    for sub in ("data/prepared", "models", "outputs/masks", "outputs/seeds", "outputs/pseudo_labels"):
         if (src / sub).exists():
             shutil.copytree(src / sub, dst / sub, symlinks=True)
     write_params(dst, params)
@@ -246,10 +251,6 @@ def test_sigkill_mid_stage_keeps_the_old_output_and_the_rerun_is_identical(pipel
     """SIGKILL (no cleanup at all) while the stage writes: the previous complete output stays
     in place, and the next run removes the leftover and writes the same output as before."""
     _copy_run(pipeline_run, tmp_path, TINY)
-    if stage == "crf":
-        import shutil
-
-        shutil.copytree(pipeline_run / "outputs/seeds", tmp_path / "outputs/seeds")
     assert run_stage(tmp_path, stage).returncode == 0
     read = _seeds if stage == "cams" else (lambda p: _pngs(p / "VOCdevkit/VOC2012/SegmentationClass"))
     before = read(tmp_path / out)
@@ -273,10 +274,71 @@ def test_sigkill_mid_stage_keeps_the_old_output_and_the_rerun_is_identical(pipel
 
 def test_two_runs_from_scratch_are_identical(pipeline_run, tmp_path):
     write_params(tmp_path, TINY)
-    for stage in ("prepare", "train", "cams", "postprocess", "crf", "evaluate"):
+    for stage in STAGES:
         result = run_stage(tmp_path, stage)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
-    for name in ("train", "seeds", "masks", "pseudo_labels", "boxes", "faithfulness"):
+    for name in ("train", "seeds", "masks", "pseudo_labels", "boxes", "faithfulness", "refined"):
         assert (tmp_path / f"metrics/{name}.json").read_text() == (pipeline_run / f"metrics/{name}.json").read_text(), name
     one, two = _seeds(pipeline_run / "outputs/seeds"), _seeds(tmp_path / "outputs/seeds")
     assert sorted(one) == sorted(two) and all(np.array_equal(one[k], two[k]) for k in one)
+
+
+def test_affinity_and_refine_outputs(pipeline_run):
+    cwd = pipeline_run
+    index = json.loads((cwd / "data/prepared/dataset.json").read_text())
+    train_ids = index["splits"]["train"]
+    import torch
+
+    ckpt = torch.load(cwd / "models/affinity.pt", weights_only=True)
+    assert ckpt["trained"] and ckpt["encoder"]["backbone"] == "resnet18"
+    aff = json.loads((cwd / "metrics/affinity.json").read_text())
+    assert aff["trained"] and np.isfinite(aff["loss"])
+    assert abs(aff["confident_bg_fraction"] + aff["confident_fg_fraction"] + aff["unsure_fraction"] - 1) < 1e-3
+    for image_id in train_ids[:5]:
+        conf = read_label_png(cwd / "outputs/affinity_labels" / f"{image_id}.png")
+        allowed = {0, 255} | {c + 1 for c in index["images"][image_id]["labels"]}
+        assert conf.shape == (64, 64) and set(np.unique(conf).tolist()) <= allowed
+    refined = cwd / "outputs/refined/VOCdevkit/VOC2012"
+    assert sorted(p.stem for p in (refined / "SegmentationClass").glob("*.png")) == sorted(train_ids)
+    assert (refined / "ImageSets/Segmentation/train.txt").read_text().split() == train_ids
+    for image_id in train_ids[:5]:
+        labels = read_label_png(refined / "SegmentationClass" / f"{image_id}.png")
+        allowed = {0} | {c + 1 for c in index["images"][image_id]["labels"]}
+        assert labels.shape == (64, 64) and set(np.unique(labels).tolist()) <= allowed
+        boundary = np.array(__import__("PIL.Image").Image.open(cwd / "outputs/refined/boundaries" / f"{image_id}.png"))
+        assert boundary.shape == (16, 16) and boundary.dtype == np.uint8
+    m = json.loads((cwd / "metrics/refined.json").read_text())
+    assert m["method"] == "rw" and set(m) >= {"miou", "miou_labeled", "labeled_fraction", "iou_background"}
+    header = (cwd / "plots/per_class_iou.csv").read_text().splitlines()[0]
+    assert header == "class,seeds,masks,pseudo_labels,refined"
+    view = cwd / "outputs/voc_view/VOCdevkit/VOC2012/SegmentationClass"
+    assert view.is_symlink() and view.resolve() == (refined / "SegmentationClass").resolve()
+    overlay = np.array(__import__("PIL.Image").Image.open(next((cwd / "plots/overlays").glob("*.png"))))
+    assert overlay.shape[1] >= 6 * 64  # image, heat map, seed mask, CRF, refined, ground truth
+
+
+@pytest.mark.parametrize("method", ["par", "none"])
+def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
+    """`par` and `none` need no training: the affinity stage says so and takes no time;
+    `none` reproduces the CRF labels, `par` writes labels of the present classes."""
+    params = {**TINY, "refine": {**TINY["refine"], "method": method, "export": "crf"}}
+    _copy_run(pipeline_run, tmp_path, params)
+    for stage in ("affinity", "refine"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    assert json.loads((tmp_path / "metrics/affinity.json").read_text())["trained"] is False
+    crf = _pngs(tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass")
+    refined = _pngs(tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass")
+    assert sorted(refined) == sorted(crf)
+    if method == "none":
+        assert all(np.array_equal(refined[k], crf[k]) for k in crf)
+    else:
+        index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+        for image_id, labels in refined.items():
+            assert set(np.unique(labels).tolist()) <= {0} | {c + 1 for c in index["images"][image_id]["labels"]}
+    view = tmp_path / "outputs/voc_view/VOCdevkit/VOC2012/SegmentationClass"
+    assert view.resolve() == (tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass").resolve()
+    if method == "par":  # rw asked for with no trained network: one clear line
+        write_params(tmp_path, TINY)
+        result = run_stage(tmp_path, "refine")
+        assert result.returncode == 1 and "models/affinity.pt: no trained boundary network" in result.stderr

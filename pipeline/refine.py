@@ -1,0 +1,200 @@
+"""Refinement beyond the CRF, the pieces the ``affinity`` and ``refine`` stages put together:
+IRN's boundary network trained on confident seed labels, the random walk over its
+boundaries, and AFA's training-free PAR.
+
+* Training data (:class:`AffinityDataset`): each image with IRN's confident labels
+  (:func:`pipeline.affinity.confident_labels` of two CRFs of the seeds), augmented as
+  IRN does (random rescale, flip, crop padded with the mean colour and label 255),
+  the label taken at the centre of every stride-4 cell.
+* Training (:func:`train_boundary_epoch`): IRN's affinity loss over pixel pairs within
+  ``radius`` cells (:func:`pipeline.affinity.affinity_loss`).
+* Inference (:func:`refine_with_walk`, :func:`refine_with_par`): per image, on the device.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pipeline.affinity import BoundaryNet, affinity_loss
+from pipeline.cams import upsample_maps
+from pipeline.data.voc import IGNORE_INDEX, VOCDataset
+from pipeline.io import id_path, read_label_png
+from pipeline.par import par_labels
+from pipeline.random_walk import random_walk, walk_labels
+from pipeline.train import lr_factor, to_tensor
+
+__all__ = [
+    "BOUNDARY_STRIDE",
+    "affinity_augmentation",
+    "cell_labels",
+    "AffinityDataset",
+    "train_boundary_epoch",
+    "refine_with_walk",
+    "refine_with_par",
+    "load_boundary_net",
+]
+
+BOUNDARY_STRIDE = 4  # the boundary map and the walk live at 1/4 of the image (IRN)
+
+
+def affinity_augmentation(crop_size: int, scale_range: Sequence[float], fill: Sequence[float], seed: int | None = None) -> A.Compose:
+    """IRN's augmentation of the boundary network's training images (step/train_irn.py):
+    a random rescale (IRN: long side 320-640, about 0.64-1.28 of a VOC image), a flip, and
+    a random ``crop_size`` crop, padded where the image is smaller with the mean colour
+    ``fill`` and label 255, so padding never makes a training pair."""
+    lo, hi = (scale_range[0], scale_range[-1])
+    if not 0 < lo <= hi:
+        raise ValueError(f"scale_range must be positive and ascending, got {list(scale_range)}")
+    return A.Compose(
+        [
+            A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(crop_size, crop_size, position="random", border_mode=0, fill=tuple(fill), fill_mask=IGNORE_INDEX),
+            A.RandomCrop(crop_size, crop_size),
+        ],
+        seed=seed,
+    )
+
+
+def cell_labels(labels: torch.Tensor, stride: int = BOUNDARY_STRIDE) -> torch.Tensor:
+    """``(..., H, W)`` labels -> ``(..., ceil(H / stride), ceil(W / stride))``: the label at the
+    centre pixel of each cell (255 where the centre falls outside the image), the same
+    cell-centre placement as :func:`pipeline.cams.upsample_maps`."""
+    h, w = labels.shape[-2:]
+    hc, wc = -(-h // stride), -(-w // stride)
+    padded = torch.nn.functional.pad(labels, (0, wc * stride - w, 0, hc * stride - h), value=IGNORE_INDEX)
+    return padded[..., stride // 2 :: stride, stride // 2 :: stride]
+
+
+class AffinityDataset(Dataset):
+    """Images with their confident labels (``labels_dir/<id>.png``), augmented; items are
+    ``(image (3, S, S) normalised, labels (S / 4, S / 4) long)`` for crop size ``S``."""
+
+    def __init__(self, voc: VOCDataset, labels_dir, transform: A.Compose, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.voc, self.labels_dir, self.transform = voc, labels_dir, transform
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.voc)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_id = self.voc.ids[index]
+        image = self.voc.load_image(image_id)
+        labels = read_label_png(id_path(self.labels_dir, image_id, ".png"))
+        if labels.shape != image.shape[:2]:
+            raise ValueError(f"{id_path(self.labels_dir, image_id, '.png')}: labels {labels.shape} do not match the image {image.shape[:2]}; rerun the affinity stage")
+        out = self.transform(image=image, mask=labels)
+        return to_tensor(out["image"], self.mean, self.std), cell_labels(torch.from_numpy(out["mask"]).long())
+
+
+def train_boundary_epoch(
+    net: BoundaryNet,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    offsets: torch.Tensor,
+    *,
+    step: int,
+    total_steps: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    progress: Callable | None = None,
+) -> tuple[dict[str, float], int]:
+    """One pass of IRN's affinity loss with a poly schedule; returns the mean loss terms
+    (``loss``, ``bg_pos``, ``fg_pos``, ``neg``) and the step count after the pass."""
+    net.train()
+    offsets = offsets.to(device)
+    sums: dict[str, float] = {}
+    seen = 0
+    batches = progress(loader) if progress else loader
+    for images, labels in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor("poly", step, total_steps)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = net(images)
+        loss, parts = affinity_loss(torch.sigmoid(logits.float()), labels, offsets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        n = images.shape[0]
+        seen += n
+        for name, value in {"loss": loss, **parts}.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * n
+        if progress:
+            batches.set_postfix(loss=f"{float(loss):.4f}")
+    return {k: v / max(seen, 1) for k, v in sums.items()}, step
+
+
+@torch.no_grad()
+def refine_with_walk(
+    net: BoundaryNet,
+    image: torch.Tensor,
+    maps: torch.Tensor,
+    class_ids: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    radius: int,
+    beta: float,
+    steps: int,
+    bg_threshold: float,
+    flip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """IRN's semantic pseudo-label of one image: its boundary map, the random walk of its
+    seeds over it, the labels.
+
+    Args:
+        image: ``(3, H, W)`` normalised, on the network's device.
+        maps: ``(K, h, w)`` seeds in [0, 1] (any stored size: resized to the boundary grid).
+        class_ids: ``(K,)``.
+        image_size: ``(H, W)``.
+    Returns:
+        ``(H, W)`` uint8 labels and the ``(ceil(H / 4), ceil(W / 4))`` boundary map.
+    """
+    boundary = net.boundary(image[None].contiguous(memory_format=torch.channels_last), flip=flip)[0, 0].float()
+    grid = tuple(boundary.shape)
+    maps = maps.to(boundary.device).float()
+    if tuple(maps.shape[-2:]) != grid:
+        maps = upsample_maps(maps, grid)
+    walked = random_walk(maps, boundary, radius=radius, beta=beta, steps=steps)
+    return walk_labels(walked, class_ids.to(boundary.device), image_size, bg_threshold), boundary
+
+
+@torch.no_grad()
+def refine_with_par(image: np.ndarray, maps: torch.Tensor, class_ids: torch.Tensor, *, bg: float, dilations: Sequence[int],
+                    iterations: int, downscale: int, device: torch.device) -> torch.Tensor:
+    """AFA's PAR on the seed planes (background at ``bg``) of one ``(H, W, 3)`` uint8 image."""
+    return par_labels(torch.from_numpy(np.ascontiguousarray(image)).to(device), maps.to(device).float(), class_ids.to(device),
+                      bg, downscale=downscale, dilations=tuple(dilations), iterations=iterations)
+
+
+def load_boundary_net(path, device: torch.device) -> tuple[BoundaryNet, dict]:
+    """The boundary network the ``affinity`` stage saved, in eval mode, and its checkpoint."""
+    from pathlib import Path
+
+    from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: boundary network not found (run the affinity stage)")
+    ckpt = load_checkpoint(path, remedy="rerun the affinity stage (dvc repro -f affinity)")
+    if not isinstance(ckpt, dict) or not ckpt.get("trained", False):
+        why = ckpt.get("reason", "") if isinstance(ckpt, dict) else ""
+        raise ValueError(f"{path}: no trained boundary network ({why or 'not a checkpoint of the affinity stage'}); "
+                         "set refine.method: rw and rerun the affinity stage")
+    spec = ckpt["encoder"]
+    classifier = build_classifier(spec["backbone"], spec["num_classes"], weights="none", output_stride=spec["output_stride"])
+    encoder = MultiLevelEncoder(classifier)
+    net = BoundaryNet(encoder, encoder.channels, encoder.strides, width=ckpt["width"])
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the boundary network ({str(err).splitlines()[0]}); rerun the affinity stage") from None
+    return net.to(device).eval(), ckpt

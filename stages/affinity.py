@@ -1,0 +1,126 @@
+"""Stage `affinity`: IRN's confident labels from the seeds (outputs/affinity_labels/), and the
+boundary network trained on them (models/affinity.pt, metrics/affinity.json).
+
+With `refine.method` other than `rw` nothing is trained: the outputs say so, and the
+stage takes a second.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.affinity import BoundaryNet, confident_labels, pair_offsets
+from pipeline.cams import upsample_maps
+from pipeline.crf import POOL_CHUNKSIZE, crf_label_pair
+from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, write_json, write_label_png
+from pipeline.models import MultiLevelEncoder, backbone_normalization, build_classifier, load_classifier
+from pipeline.parallel import default_processes, parallel_map
+from pipeline.postprocess import seeds_to_mask
+from pipeline.refine import AffinityDataset, affinity_augmentation, train_boundary_epoch
+from pipeline.train import amp_dtype, resolve_device, seed_everything
+from stages.common import AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, SEEDS, load_index, load_params, log, run
+
+METRICS_FILE = METRICS / "affinity.json"
+
+
+def main() -> None:
+    aff_p, refine_p, crf_p = load_params("affinity", "refine", "crf")
+    index = load_index()
+    if refine_p.method != "rw":
+        reason = f"refine.method is {refine_p.method!r}: the boundary network is used by 'rw' only"
+        with atomic_dir(AFFINITY_LABELS) as tmp:
+            (tmp / "NOT_TRAINED.txt").write_text(reason + "\n")
+        with atomic_path(AFFINITY_MODEL) as tmp, open(tmp, "wb") as f:
+            torch.save({"trained": False, "reason": reason}, f)
+        write_json(METRICS_FILE, {"trained": False, "reason": reason})
+        log.info("affinity: not trained (%s)", reason)
+        return
+    start = time.perf_counter()
+    label_stats = _confident_labels(index, aff_p, crf_p)
+    label_time = time.perf_counter() - start
+    losses, train_time = _train(index, aff_p)
+    write_json(METRICS_FILE, {"trained": True, **{k: round(v, 5) for k, v in losses.items()}, **label_stats,
+                              "epochs": aff_p.epochs, "labels_s": round(label_time, 1), "train_s": round(train_time, 1)})
+
+
+def _confident_labels(index, aff_p, crf_p) -> dict:
+    """IRN's confident labels of every training image, by a pool of CRF workers."""
+    ids = index.splits["train"]
+    voc = index.dataset("train")
+
+    def jobs():
+        for image_id in ids:
+            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
+            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            classes = torch.from_numpy(class_ids)
+            masks = [seeds_to_mask(full, classes, bg).numpy() for bg in (aff_p.fg_bg, aff_p.bg_bg)]
+            yield str(voc.image_path(image_id)), masks[0], masks[1], class_ids.tolist(), crf_p
+
+    counts = np.zeros(3, np.int64)  # background, class, unsure pixels
+    processes = default_processes(aff_p.processes)
+    with atomic_dir(AFFINITY_LABELS) as tmp:
+        results = parallel_map(crf_label_pair, jobs(), processes=processes, chunksize=POOL_CHUNKSIZE)
+        for image_id, (fg, bg) in tqdm(zip(ids, results), total=len(ids), desc=f"confident labels ({processes} proc)", unit="img"):
+            labels = confident_labels(torch.from_numpy(fg), torch.from_numpy(bg)).numpy()
+            counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
+            write_label_png(id_path(tmp, image_id, ".png"), labels)
+    total = max(int(counts.sum()), 1)
+    stats = {"confident_bg_fraction": round(counts[0] / total, 4), "confident_fg_fraction": round(counts[1] / total, 4),
+             "unsure_fraction": round(counts[2] / total, 4)}
+    log.info("confident labels of %d images: %s", len(ids), stats)
+    return stats
+
+
+def _encoder(aff_p):
+    """The boundary network's backbone, how to rebuild it, and its input normalisation."""
+    if aff_p.backbone == "classifier":
+        classifier, ckpt = load_classifier(CLASSIFIER, torch.device("cpu"))
+        spec = {"backbone": ckpt["backbone"], "output_stride": ckpt["output_stride"], "num_classes": len(ckpt["classes"])}
+        return classifier, spec, tuple(ckpt["mean"]), tuple(ckpt["std"])
+    classifier = build_classifier(aff_p.backbone, 1, weights=aff_p.weights, output_stride=aff_p.output_stride)
+    mean, std = backbone_normalization(aff_p.backbone)
+    spec = {"backbone": aff_p.backbone, "output_stride": aff_p.output_stride, "num_classes": 1}
+    return classifier, spec, tuple(aff_p.mean or mean), tuple(aff_p.std or std)
+
+
+def _train(index, aff_p) -> tuple[dict[str, float], float]:
+    generator = seed_everything(aff_p.seed)
+    device = resolve_device(aff_p.device)
+    amp = amp_dtype(aff_p.amp, device)
+    classifier, spec, mean, std = _encoder(aff_p)
+    encoder = MultiLevelEncoder(classifier)
+    net = BoundaryNet(encoder, encoder.channels, encoder.strides, width=aff_p.width, freeze_encoder=aff_p.freeze_backbone)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    groups = [{"params": net.head_parameters(), "base_lr": aff_p.lr}]
+    if not aff_p.freeze_backbone:  # a backbone trained along learns 10x slower than the new branch (IRN's CAM recipe)
+        groups.append({"params": list(encoder.parameters()), "base_lr": aff_p.lr / 10})
+    optimizer = torch.optim.SGD(groups, lr=aff_p.lr, momentum=aff_p.momentum, weight_decay=aff_p.weight_decay)
+    fill = [255 * m for m in mean]
+    data = AffinityDataset(index.dataset("train"), AFFINITY_LABELS,
+                           affinity_augmentation(aff_p.crop_size, aff_p.scale_range, fill, seed=aff_p.seed), mean, std)
+    loader = DataLoader(data, batch_size=aff_p.batch_size, shuffle=True, drop_last=len(data) > aff_p.batch_size,
+                        generator=generator, num_workers=aff_p.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=aff_p.num_workers > 0)
+    offsets = pair_offsets(aff_p.radius)
+    total, step, start = aff_p.epochs * len(loader), 0, time.perf_counter()
+    losses: dict[str, float] = {}
+    for epoch in range(aff_p.epochs):
+        bar = lambda it: tqdm(it, desc=f"affinity epoch {epoch + 1}/{aff_p.epochs}", unit="batch", leave=False)
+        losses, step = train_boundary_epoch(net, loader, optimizer, offsets, step=step, total_steps=total, device=device,
+                                            amp=amp, progress=bar)
+        log.info("affinity epoch %d/%d: %s", epoch + 1, aff_p.epochs, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    train_time = time.perf_counter() - start
+    with atomic_path(AFFINITY_MODEL) as tmp, open(tmp, "wb") as f:  # through a file object: see stages/train.py
+        torch.save({"trained": True, "state_dict": net.state_dict(), "encoder": spec, "width": aff_p.width,
+                    "mean": list(mean), "std": list(std)}, f)
+    log.info("trained the boundary network in %.0f s", train_time)
+    return losses, train_time
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,72 @@
+"""Stage `refine`: pseudo-labels beyond the CRF -> outputs/refined/VOCdevkit/VOC2012/, and the
+VOC-shaped view (outputs/voc_view/) of the labels `refine.export` names.
+
+`refine.method`: `rw` walks the seeds over the boundary network's map (IRN), `par`
+refines the seed planes with AFA's pixel-adaptive refinement (no training), `none`
+copies the CRF pseudo-labels. The boundary maps of `rw` are kept as 8-bit PNGs in
+outputs/refined/boundaries/ to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
+from pipeline.io import atomic_dir, id_path, load_seeds, write_label_png
+from pipeline.refine import load_boundary_net, refine_with_par, refine_with_walk
+from pipeline.train import resolve_device, to_tensor
+from stages.common import AFFINITY_MODEL, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
+
+
+def main() -> None:
+    refine_p, post_p, data_p = load_params("refine", "postprocess", "data")
+    index = load_index()
+    ids = index.splits["train"]
+    voc = index.dataset("train")
+    device = resolve_device(refine_p.device)
+    net = ckpt = None
+    if refine_p.method == "rw":
+        net, ckpt = load_boundary_net(AFFINITY_MODEL, device)
+        net = net.to(memory_format=torch.channels_last)
+    crf_labels = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
+    start = time.perf_counter()
+    with atomic_dir(REFINED) as tmp:
+        labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
+        labels_dir.mkdir(parents=True)
+        if refine_p.method == "rw":
+            (tmp / "boundaries").mkdir()
+        for image_id in tqdm(ids, desc=f"refine ({refine_p.method})", unit="img"):
+            out = id_path(labels_dir, image_id, ".png")
+            if refine_p.method == "none":
+                shutil.copyfile(id_path(crf_labels, image_id, ".png"), out)
+                continue
+            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
+            image = voc.load_image(image_id)
+            maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(class_ids)
+            if refine_p.method == "rw":
+                x = to_tensor(image, ckpt["mean"], ckpt["std"]).to(device)
+                labels, boundary = refine_with_walk(net, x, maps_t, classes_t, size, radius=refine_p.radius, beta=refine_p.beta,
+                                                    steps=refine_p.steps, bg_threshold=refine_p.bg_threshold, flip=refine_p.flip)
+                picture = (boundary.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+                Image.fromarray(picture).save(id_path(tmp / "boundaries", image_id, ".png"))
+            else:
+                labels = refine_with_par(image, maps_t, classes_t, bg=post_p.bg, dilations=refine_p.par_dilations,
+                                         iterations=refine_p.par_iterations, downscale=refine_p.par_downscale, device=device)
+            write_label_png(out, labels.cpu().numpy().astype(np.uint8))
+        write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
+    elapsed = time.perf_counter() - start
+    log.info("refined %d images with %s in %.0f s (%.3f s/img) -> %s", len(ids), refine_p.method, elapsed,
+             elapsed / max(len(ids), 1), REFINED / VOC_SUBDIR)
+    exported = (REFINED if refine_p.export == "refined" else PSEUDO_LABELS) / VOC_SUBDIR
+    view = make_voc_view(exported, voc.root / "JPEGImages", VIEW)
+    log.info("VOC-shaped view of %s at %s", exported, view)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -250,7 +250,9 @@ def _pngs(folder: Path) -> dict[str, np.ndarray]:
 def test_sigkill_mid_stage_keeps_the_old_output_and_the_rerun_is_identical(pipeline_run, tmp_path, stage, out):
     """SIGKILL (no cleanup at all) while the stage writes: the previous complete output stays
     in place, and the next run removes the leftover and writes the same output as before."""
-    _copy_run(pipeline_run, tmp_path, TINY)
+    # a slower CRF (more iterations, one process): the tiny run must not end before the kill
+    params = {**TINY, "crf": {"processes": 1, "iterations": 300}} if stage == "crf" else TINY
+    _copy_run(pipeline_run, tmp_path, params)
     assert run_stage(tmp_path, stage).returncode == 0
     read = _seeds if stage == "cams" else (lambda p: _pngs(p / "VOCdevkit/VOC2012/SegmentationClass"))
     before = read(tmp_path / out)

@@ -167,6 +167,7 @@ class AffinityParams:
     batch_size: int = field(32, ge=1)  # IRN: 32
     crop_size: int = field(512, ge=16)  # IRN: 512
     scale_range: tuple[float, ...] = field((0.64, 1.28), gt=0.0, nonempty=True)  # random rescale (IRN: long side 320-640 of ~500)
+    optimizer: str = field("sgd", choices=("sgd", "adamw"))  # IRN: plain SGD
     lr: float = field(0.1, gt=0.0)  # IRN: SGD, 0.1, poly
     weight_decay: float = field(1e-4, ge=0.0)
     momentum: float = field(0.0, ge=0.0, lt=1.0)  # IRN's PolyOptimizer is plain SGD

@@ -70,8 +70,8 @@ def _confident_labels(index, aff_p, crf_p) -> dict:
             counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
             write_label_png(id_path(tmp, image_id, ".png"), labels)
     total = max(int(counts.sum()), 1)
-    stats = {"confident_bg_fraction": round(counts[0] / total, 4), "confident_fg_fraction": round(counts[1] / total, 4),
-             "unsure_fraction": round(counts[2] / total, 4)}
+    stats = {"confident_bg_fraction": round(float(counts[0] / total), 4), "confident_fg_fraction": round(float(counts[1] / total), 4),
+             "unsure_fraction": round(float(counts[2] / total), 4)}
     log.info("confident labels of %d images: %s", len(ids), stats)
     return stats
 
@@ -99,7 +99,10 @@ def _train(index, aff_p) -> tuple[dict[str, float], float]:
     groups = [{"params": net.head_parameters(), "base_lr": aff_p.lr}]
     if not aff_p.freeze_backbone:  # a backbone trained along learns 10x slower than the new branch (IRN's CAM recipe)
         groups.append({"params": list(encoder.parameters()), "base_lr": aff_p.lr / 10})
-    optimizer = torch.optim.SGD(groups, lr=aff_p.lr, momentum=aff_p.momentum, weight_decay=aff_p.weight_decay)
+    if aff_p.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=aff_p.lr, momentum=aff_p.momentum, weight_decay=aff_p.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=aff_p.lr, weight_decay=aff_p.weight_decay)
     fill = [255 * m for m in mean]
     data = AffinityDataset(index.dataset("train"), AFFINITY_LABELS,
                            affinity_augmentation(aff_p.crop_size, aff_p.scale_range, fill, seed=aff_p.seed), mean, std)

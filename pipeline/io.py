@@ -228,10 +228,14 @@ def read_id_file(path: str | os.PathLike) -> list[str]:
     return unique_ids(ids, str(path))
 
 
+_warned_repeats: set[str] = set()
+
+
 def unique_ids(ids: Sequence[str], where: str) -> list[str]:
     """``ids`` in order with repeats dropped; one warning naming ``where`` when there were any."""
     unique = list(dict.fromkeys(ids))
-    if len(unique) != len(ids):
+    if len(unique) != len(ids) and where not in _warned_repeats:
+        _warned_repeats.add(where)  # a list read for several splits warns once
         seen: set[str] = set()
         repeated = list(dict.fromkeys(i for i in ids if i in seen or seen.add(i)))
         log.warning(

@@ -110,8 +110,8 @@ def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
         if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
             why = "it holds Python objects besides tensors (not a checkpoint of this pipeline)"
         else:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            why = f"unreadable or truncated ({type(err).__name__}: {first[:120]})"
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's first sentence
+            why = f"unreadable or truncated ({type(err).__name__}: {first[:160]})"
         raise ValueError(f"{path}: cannot load: {why}; {remedy}") from None
 
 

@@ -80,6 +80,7 @@ def test_id_list_repeats_warn_once(tmp_path, caplog):
     path.write_text("a\nb\na\nc\nb\na\n")
     with caplog.at_level(logging.WARNING, logger="wsl"):
         assert read_id_file(path) == ["a", "b", "c"]
+        assert read_id_file(path) == ["a", "b", "c"]  # prepare reads one list for several splits: one warning
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert f"{path}: 3 repeated id(s) kept once (6 lines, 3 ids): a, b" in warnings[0]

@@ -184,7 +184,7 @@ class RefineParams:
     the learnt boundaries), ``par`` (AFA's training-free pixel-adaptive refinement) or ``none``."""
 
     method: str = field("rw", choices=("rw", "par", "none"))
-    export: str = field("refined", choices=("refined", "crf"))  # which labels outputs/voc_view points at
+    export: str = field("crf", choices=("crf", "refined"))  # which labels outputs/voc_view links (crf until rw beats it: README)
     radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
     beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
     steps: int = field(256, ge=1)  # IRN: 2 ** 8 walk steps

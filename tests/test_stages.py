@@ -22,7 +22,7 @@ TINY = {
     "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
     "crf": {"processes": 2, "iterations": 3},
     "affinity": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu", "processes": 2},
-    "refine": {"device": "cpu", "steps": 64},
+    "refine": {"device": "cpu", "steps": 64, "export": "refined"},
     "evaluate": {"num_overlays": 2, "faithfulness": True, "faithfulness_versus": "gradcampp", "faithfulness_max_images": 4},
 }
 
@@ -344,3 +344,30 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
         write_params(tmp_path, TINY)
         result = run_stage(tmp_path, "refine")
         assert result.returncode == 1 and "models/affinity.pt: no trained boundary network" in result.stderr
+
+
+def test_a_4000x3000_image_runs_through_the_stages(pipeline_run, tmp_path):
+    """A 12-megapixel image (a phone photo) goes through prepare, cams, postprocess and crf
+    with the tiny run's classifier (the first review found it ran at 3 GB peak)."""
+    root = tmp_path / "VOC" / "VOC2012"
+    rng = np.random.default_rng(0)
+    image = np.full((3000, 4000, 3), 90, np.uint8)
+    image[800:2200, 1000:3000] = rng.integers(150, 255, (1400, 2000, 3), dtype=np.uint8)
+    write_jpeg(root / "JPEGImages" / "big.jpg", image)
+    mask = np.zeros((3000, 4000), np.uint8)
+    mask[800:2200, 1000:3000] = 1
+    write_label_png(root / "SegmentationClass" / "big.png", mask)
+    (root / "classes.txt").write_text("\n".join(json.loads((pipeline_run / "data/prepared/dataset.json").read_text())["classes"]) + "\n")
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("big\n")
+    params = {**TINY, "data": {"source": "voc", "root": str(root), "val_list": "train"},
+              "cam": {**TINY["cam"], "scales": [1.0], "flip": False, "batch_size": 1}}
+    write_params(tmp_path, params)
+    import shutil
+
+    shutil.copytree(pipeline_run / "models", tmp_path / "models")
+    for stage in ("prepare", "cams", "postprocess", "crf"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    labels = read_label_png(tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass/big.png")
+    assert labels.shape == (3000, 4000)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import RESULTS, interleaved_medians, print_table, write_results
-from pipeline.data.index import file_digest, index_split
+from pipeline.data.index import image_digest, index_split
 from pipeline.data.synthetic import generate_dataset
 from pipeline.data.voc import VOCDataset, find_voc_root
 
@@ -27,7 +27,7 @@ SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc2012_sample
 def _case(voc: VOCDataset, runs: int) -> dict:
     def digests():
         for image_id in voc.ids:
-            file_digest([voc.image_path(image_id), voc.mask_path(image_id), voc.xml_path(image_id)])
+            image_digest(voc, image_id)
 
     timed = interleaved_medians(
         {"index_verify": lambda: index_split(voc, verify_images=True),

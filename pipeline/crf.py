@@ -9,6 +9,8 @@ terms are a Gaussian smoothness kernel and a bilateral appearance kernel.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
@@ -114,8 +116,6 @@ def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]
     The CRF's plain argmax is returned (no ignore): :func:`pipeline.affinity.confident_labels`
     combines the two maps.
     """
-    import dataclasses
-
     from PIL import Image
 
     image_path, fg_mask, bg_mask, class_ids, params = job

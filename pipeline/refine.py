@@ -13,6 +13,7 @@ boundaries, and AFA's training-free PAR.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import albumentations as A
@@ -25,6 +26,7 @@ from pipeline.affinity import BoundaryNet, affinity_loss
 from pipeline.cams import upsample_maps
 from pipeline.data.voc import IGNORE_INDEX, VOCDataset
 from pipeline.io import id_path, read_label_png
+from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
 from pipeline.par import par_labels
 from pipeline.random_walk import random_walk, walk_labels
 from pipeline.train import lr_factor, to_tensor
@@ -177,10 +179,6 @@ def refine_with_par(image: np.ndarray, maps: torch.Tensor, class_ids: torch.Tens
 
 def load_boundary_net(path, device: torch.device) -> tuple[BoundaryNet, dict]:
     """The boundary network the ``affinity`` stage saved, in eval mode, and its checkpoint."""
-    from pathlib import Path
-
-    from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: boundary network not found (run the affinity stage)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -16,8 +15,6 @@ from pipeline.io import id_path, save_seeds
 from pipeline.models import load_classifier
 from pipeline.train import amp_dtype, resolve_device, to_tensor
 from stages.common import CLASSIFIER, SEEDS, load_index, load_params, log, run
-
-CHECKPOINT, OUT = CLASSIFIER, SEEDS
 
 
 class _Images(Dataset):
@@ -54,9 +51,9 @@ def main() -> None:
 
 
 def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch.device) -> None:
-    model, ckpt = load_classifier(CHECKPOINT, device)
+    model, ckpt = load_classifier(CLASSIFIER, device)
     if list(ckpt["classes"]) != list(index.classes):
-        raise ValueError(f"{CHECKPOINT}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
+        raise ValueError(f"{CLASSIFIER}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
     model = model.to(memory_format=torch.channels_last)
     amp = amp_dtype(cam_p.amp, device)
     data = _Images(index, ckpt["mean"], ckpt["std"])
@@ -65,7 +62,7 @@ def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch
     loader = DataLoader(data, batch_sampler=batches, collate_fn=_collate, num_workers=cam_p.num_workers,
                         pin_memory=device.type == "cuda", prefetch_factor=4 if cam_p.num_workers else None)
     generator = torch.Generator()  # SmoothGrad noise, seeded per batch: the same whatever the sharding
-    with distributed.shared_atomic_dir(OUT, info) as tmp:
+    with distributed.shared_atomic_dir(SEEDS, info) as tmp:
         bar = tqdm(total=sum(len(b) for b in batches), desc=f"seeds ({cam_p.method})", unit="img", disable=not info.is_main)
         for images, labels, ids in loader:
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -85,7 +82,7 @@ def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch
             bar.update(len(ids))
         bar.close()
     if info.is_main:
-        log.info("wrote seeds of %d images to %s (%d process(es))", len(data), OUT, info.world_size)
+        log.info("wrote seeds of %d images to %s (%d process(es))", len(data), SEEDS, info.world_size)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,9 @@ from pipeline.train import (
     train_one_epoch,
 )
 from pipeline.io import atomic_path, write_json
-from stages.common import CLASSIFIER, load_index, load_params, log, run
-from stages.common import METRICS as METRICS_DIR
+from stages.common import CLASSIFIER, METRICS, load_index, load_params, log, run
 
-CHECKPOINT = CLASSIFIER
-METRICS = METRICS_DIR / "train.json"
+TRAIN_METRICS = METRICS / "train.json"
 LIVE_DIR = Path("dvclive/train")
 
 
@@ -96,7 +94,7 @@ def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.de
 
     # through a file object: torch.save names the archive after a path, and the temporary
     # path is random, so saving by path would make identical weights differ byte for byte
-    with atomic_path(CHECKPOINT) as tmp, open(tmp, "wb") as f:
+    with atomic_path(CLASSIFIER) as tmp, open(tmp, "wb") as f:
         torch.save(
             {
                 "state_dict": model.state_dict(),
@@ -108,7 +106,7 @@ def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.de
             },
             f,
         )
-    write_json(METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs, "processes": info.world_size})
+    write_json(TRAIN_METRICS, {"loss": loss, "val_map": val_map, "epochs": train_p.epochs, "processes": info.world_size})
     log.info("trained in %.0f s", time.perf_counter() - start)
 
 

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 from pipeline.data.voc import DatasetError, VOCDataset
 from pipeline.io import InvalidIdError, validate_id
 
-__all__ = ["index_split", "file_digest", "DatasetIndex"]
+__all__ = ["index_split", "file_digest", "image_digest", "DatasetIndex"]
 
 
 def file_digest(paths: Sequence[Path]) -> str:
@@ -24,6 +24,11 @@ def file_digest(paths: Sequence[Path]) -> str:
             h.update(path.read_bytes())
             h.update(b"\0")
     return h.hexdigest()
+
+
+def image_digest(voc: VOCDataset, image_id: str) -> str:
+    """:func:`file_digest` of everything ``voc`` reads for one id: its image, mask and XML."""
+    return file_digest([voc.image_path(image_id), voc.mask_path(image_id), voc.xml_path(image_id)])
 
 
 def index_split(voc: VOCDataset, *, verify_images: bool = True, progress: Callable | None = None) -> tuple[dict, list[str]]:
@@ -51,8 +56,7 @@ def index_split(voc: VOCDataset, *, verify_images: bool = True, progress: Callab
         if not labels:
             skipped.append(image_id)
             continue
-        digest = file_digest([voc.image_path(image_id), voc.mask_path(image_id), voc.xml_path(image_id)])
-        entries[image_id] = {"labels": list(labels), "size": [int(size[0]), int(size[1])], "digest": digest}
+        entries[image_id] = {"labels": list(labels), "size": [int(size[0]), int(size[1])], "digest": image_digest(voc, image_id)}
     if not entries:
         raise DatasetError(f"{voc.root}: none of the {len(voc)} images has a label")
     return entries, skipped

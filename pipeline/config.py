@@ -22,6 +22,8 @@ __all__ = [
     "PostprocessParams",
     "CrfParams",
     "EvaluateParams",
+    "SegmentParams",
+    "SEGMENT_ARCHITECTURES",
     "AffinityParams",
     "RefineParams",
     "from_dict",
@@ -68,6 +70,7 @@ class DataParams:
     train_list: str = field("train", nonempty=True)  # ids the classifier trains on and pseudo-labels are made for
     val_list: str = field("val", nonempty=True)  # ids the classifier's mAP is measured on
     eval_list: str = field("train", nonempty=True)  # ids with ground truth that seeds and pseudo-labels are scored on
+    seg_val_list: str = field("val", nonempty=True)  # held-out ids with masks the segmenter is scored on (none in train_list)
     use_difficult: bool = False
     verify_images: bool = True
     builtin: BuiltinParams = BuiltinParams()
@@ -162,6 +165,7 @@ class AffinityParams:
     width: int = field(32, ge=4)  # channels of each level in the boundary branch (IRN: 32)
     fg_bg: float = field(0.30, **UNIT)  # IRN conf_fg_thres: bg plane of the CRF whose classes are confident
     bg_bg: float = field(0.05, **UNIT)  # IRN conf_bg_thres: bg plane of the CRF whose background is confident
+    label_crf: bool = True  # IRN: both masks through the dense CRF; false: the thresholded seed masks as they are
     radius: int = field(10, ge=2)  # IRN: pairs within 10 cells (at 1/4 resolution) in training
     epochs: int = field(3, ge=1)  # IRN: 3 epochs of VOC train_aug (10,582 images)
     batch_size: int = field(32, ge=1)  # IRN: 32
@@ -188,7 +192,10 @@ class RefineParams:
     radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
     beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
     steps: int = field(256, ge=1)  # IRN: 2 ** 8 walk steps
-    bg_threshold: float = field(0.25, **UNIT)  # IRN sem_seg_bg_thres
+    background: str = field("constant", choices=("constant", "walked"))  # constant: IRN's plane at bg_threshold after
+    # scaling by the walked maximum | walked: PSA's (1 - max seed) ** bg_power plane, walked with the classes
+    bg_threshold: float = field(0.25, **UNIT)  # IRN sem_seg_bg_thres (background: constant)
+    bg_power: float = field(2.0, gt=0.0)  # PSA's alpha (background: walked)
     flip: bool = True  # boundary map averaged with the mirrored image's (IRN)
     par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
     par_iterations: int = field(10, ge=1)  # AFA
@@ -207,6 +214,40 @@ class EvaluateParams:
     faithfulness: bool = False  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcam"
     faithfulness_max_images: int = field(200, ge=1)
+
+
+# segmentation_models_pytorch architectures the segment stage builds (checked again against the library)
+SEGMENT_ARCHITECTURES = ("FPN", "DeepLabV3Plus", "DeepLabV3", "Unet", "UnetPlusPlus", "Linknet", "PSPNet", "PAN", "MAnet", "UPerNet")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentParams:
+    """The segmentation network trained on the pseudo-labels (``segment``): a
+    segmentation_models_pytorch architecture on a timm encoder."""
+
+    label_source: str = field("pseudo", choices=("pseudo", "gt"))  # pseudo: the labels refine.export names | gt: the true masks
+    arch: str = field("FPN", choices=SEGMENT_ARCHITECTURES)
+    encoder: str = field("tu-resnet18", nonempty=True)  # tu-<timm model name> (smp's timm universal encoder)
+    weights: str = field("none", nonempty=True)  # none | path to a state_dict of the timm model (its classifier is dropped)
+    decoder_channels: int = field(0, ge=0)  # 0: the architecture's default width; else FPN/DeepLabV3(+)/PAN/UPerNet width
+    epochs: int = field(10, ge=1)
+    batch_size: int = field(16, ge=1)  # the global batch, split over processes
+    crop_size: int = field(320, ge=32)  # a multiple of 32 (the encoders' stride)
+    scale_range: tuple[float, ...] = field((0.5, 1.5), gt=0.0, nonempty=True)  # random rescale [low, high] before the crop
+    optimizer: str = field("adamw", choices=("adamw", "sgd"))
+    lr: float = field(1e-3, gt=0.0)
+    head_lr_mult: float = field(1.0, gt=0.0)  # decoder and head learn this many times faster than the encoder
+    weight_decay: float = field(1e-4, ge=0.0)
+    momentum: float = field(0.9, ge=0.0, lt=1.0)  # sgd only
+    schedule: str = field("poly", choices=("poly", "cosine", "constant"))
+    num_workers: int = field(0, ge=0)
+    seed: int = field(0, ge=0)
+    device: str = "auto"
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))  # as train.amp
+    processes: int = field(1, ge=1)  # >1: DDP in this many processes (torchrun), as train.processes
+    scales: tuple[float, ...] = field((1.0,), gt=0.0, nonempty=True)  # test-time scales (probabilities averaged)
+    flip: bool = False  # add mirrored copies at test time
+    crf: bool = False  # dense CRF (IRN's kernels, pipeline.crf) on each prediction, over the classes it predicts
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

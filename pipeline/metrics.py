@@ -8,6 +8,7 @@ absent from both prediction and truth has no IoU (NaN) and is left out of the me
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ __all__ = [
     "confusion_matrix",
     "iou_per_class",
     "mean_iou",
+    "iou_by_name",
     "PseudoLabelScore",
     "BoxScore",
     "average_precision",
@@ -56,6 +58,12 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
 def mean_iou(confusion: np.ndarray) -> float:
     iou = iou_per_class(confusion)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def iou_by_name(iou: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    """Per-class IoU as the metrics files write it: ``{"iou_<name>": value}`` to 4 digits,
+    None (JSON null) for a class in neither prediction nor truth."""
+    return {f"iou_{n}": (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, iou)}
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ __all__ = [
     "list_backbones",
     "build_classifier",
     "load_checkpoint",
+    "load_feature_weights",
     "MultiLevelEncoder",
     "load_classifier",
     "dilate_last_stage",
@@ -115,10 +116,10 @@ def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
         raise ValueError(f"{path}: cannot load: {why}; {remedy}") from None
 
 
-def _load_state_file(path: Path) -> dict:
+def _load_state_file(path: Path, key: str = "model.weights", names: str = "'imagenet', 'none'") -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights: {path} is neither 'imagenet', 'none' nor an existing file")
-    state = load_checkpoint(path, remedy="set model.weights to a state_dict file saved by torch.save")
+        raise FileNotFoundError(f"{key}: {path} is neither {names} nor an existing file")
+    state = load_checkpoint(path, remedy=f"set {key} to a state_dict file saved by torch.save")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return state
@@ -129,6 +130,20 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{path}: does not match the backbone: {err}") from None
+
+
+def load_feature_weights(module: nn.Module, path: str | Path, *, key: str) -> None:
+    """Load a state_dict file of a whole network into ``module``, a feature extractor cut from
+    the same network (timm's ``features_only`` models, which keep the network's key names).
+
+    Every key of ``module`` must be in the file with its shape (a missing or misshapen key is
+    an error naming the file); the file's other keys, the layers after the last feature
+    level and the classifier, are left out. ``key`` names the parameter in errors.
+    """
+    path = Path(path)
+    own = module.state_dict()
+    state = {k: v for k, v in _load_state_file(path, key, names="'none'").items() if k in own}
+    _load_strict(module, state, path)
 
 
 def _resnet_builder(name: str) -> Callable[[int, str, int], nn.Module]:

@@ -33,9 +33,11 @@ import torch.nn.functional as F
 from pipeline.affinity import pair_offsets, pair_valid, path_max
 from pipeline.cams import upsample_maps
 
-__all__ = ["WALK_METHODS", "neighbor_weights", "transition_matrix", "random_walk", "walk_labels"]
+__all__ = ["WALK_METHODS", "BACKGROUNDS", "neighbor_weights", "transition_matrix", "random_walk", "walk_labels", "background_plane",
+           "walked_labels"]
 
 WALK_METHODS = ("stencil", "sparse")
+BACKGROUNDS = ("constant", "walked")  # walk_labels (IRN) | background_plane + walked_labels (PSA)
 
 
 def _check_boundary(boundary: torch.Tensor) -> None:
@@ -195,3 +197,45 @@ def walk_labels(walked: torch.Tensor, class_ids: torch.Tensor, image_size: tuple
     planes = torch.cat([up.new_full((1, h, w), bg_threshold), up])
     lut = torch.cat([class_ids.new_zeros(1), class_ids + 1]).to(torch.uint8)
     return lut[planes.argmax(dim=0)]
+
+
+def background_plane(maps: torch.Tensor, power: float) -> torch.Tensor:
+    """PSA's background score ``(1 - max_c maps_c) ** power`` (Ahn & Kwak, CVPR 2018,
+    https://arxiv.org/abs/1803.10464), a ``(1, h, w)`` plane to walk with the classes.
+
+    At a single pixel the background wins where ``max_c maps_c < t`` with
+    ``t = (1 - t) ** power``: power 1 is t = 0.5, 2 is 0.38, 4 is 0.28, 8 is 0.20.
+    An image without classes gets a plane of ones.
+
+    Args:
+        maps: ``(K, h, w)`` seeds in [0, 1].
+        power: the exponent (PSA's ``alpha``), > 0.
+    """
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be (K, h, w), got {tuple(maps.shape)}")
+    if not power > 0:
+        raise ValueError(f"power must be > 0, got {power}")
+    if maps.shape[0] == 0:
+        return maps.new_ones(1, *maps.shape[1:])
+    return (1.0 - maps.amax(dim=0, keepdim=True).clamp(0.0, 1.0)) ** power
+
+
+def walked_labels(walked: torch.Tensor, class_ids: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Labels from a walk whose first plane is the background (:func:`background_plane`):
+    upsampled to the image (:func:`pipeline.cams.upsample_maps`), argmax over all planes,
+    the background winning ties.
+
+    Args:
+        walked: ``(1 + K, h, w)``: background, then the ``K`` classes.
+        class_ids: ``(K,)`` class index of each class plane.
+        image_size: ``(H, W)``.
+    Returns:
+        ``(H, W)`` uint8: 0 background, ``c + 1`` class ``c``.
+    """
+    class_ids = torch.as_tensor(class_ids, device=walked.device).reshape(-1)
+    if walked.dim() != 3 or walked.shape[0] != class_ids.numel() + 1:
+        raise ValueError(f"walked must be (1 + K, h, w) with K = {class_ids.numel()} class ids, got {tuple(walked.shape)}")
+    h, w = (int(s) for s in image_size)
+    up = upsample_maps(walked, (h, w))
+    lut = torch.cat([class_ids.new_zeros(1), class_ids + 1]).to(torch.uint8)
+    return lut[up.argmax(dim=0)]

@@ -28,7 +28,7 @@ from pipeline.data.voc import IGNORE_INDEX, VOCDataset
 from pipeline.io import id_path, read_label_png
 from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
 from pipeline.par import par_labels
-from pipeline.random_walk import random_walk, walk_labels
+from pipeline.random_walk import background_plane, random_walk, walk_labels, walked_labels
 from pipeline.train import lr_factor, to_tensor
 
 __all__ = [
@@ -147,6 +147,8 @@ def refine_with_walk(
     beta: float,
     steps: int,
     bg_threshold: float,
+    background: str = "constant",
+    bg_power: float = 2.0,
     flip: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IRN's semantic pseudo-label of one image: its boundary map, the random walk of its
@@ -157,6 +159,9 @@ def refine_with_walk(
         maps: ``(K, h, w)`` seeds in [0, 1] (any stored size: resized to the boundary grid).
         class_ids: ``(K,)``.
         image_size: ``(H, W)``.
+        background: ``"constant"``: IRN's rule (:func:`pipeline.random_walk.walk_labels`
+            at ``bg_threshold``); ``"walked"``: PSA's background plane of power
+            ``bg_power`` walked with the classes (:func:`pipeline.random_walk.background_plane`).
     Returns:
         ``(H, W)`` uint8 labels and the ``(ceil(H / 4), ceil(W / 4))`` boundary map.
     """
@@ -165,8 +170,15 @@ def refine_with_walk(
     maps = maps.to(boundary.device).float()
     if tuple(maps.shape[-2:]) != grid:
         maps = upsample_maps(maps, grid)
+    class_ids = class_ids.to(boundary.device)
+    if background == "walked":
+        planes = torch.cat([background_plane(maps, bg_power), maps])
+        walked = random_walk(planes, boundary, radius=radius, beta=beta, steps=steps)
+        return walked_labels(walked, class_ids, image_size), boundary
+    if background != "constant":
+        raise ValueError(f"unknown background {background!r}; valid: constant, walked")
     walked = random_walk(maps, boundary, radius=radius, beta=beta, steps=steps)
-    return walk_labels(walked, class_ids.to(boundary.device), image_size, bg_threshold), boundary
+    return walk_labels(walked, class_ids, image_size, bg_threshold), boundary
 
 
 @torch.no_grad()

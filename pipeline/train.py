@@ -10,9 +10,10 @@ import albumentations as A
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.config import TrainParams
+from pipeline.distributed import DistInfo
 from pipeline.data.voc import VOCDataset
 from pipeline.metrics import mean_average_precision
 
@@ -26,6 +27,7 @@ __all__ = [
     "ClassificationDataset",
     "build_optimizer",
     "lr_factor",
+    "make_train_loader",
     "train_one_epoch",
     "predict",
 ]
@@ -168,6 +170,43 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     raise ValueError(f"unknown schedule {schedule!r}; valid: constant, cosine, poly")
 
 
+def _reseed_worker(worker_id: int) -> None:
+    """albumentations 2.0.8 copies a seeded Compose's generator into every DataLoader worker
+    unchanged, so every worker would draw the same crops and flips: give each its own stream
+    (from the transform's seed, which differs per rank, and the worker's id)."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if isinstance(transform, A.Compose) and transform.seed is not None:
+        transform.set_random_seed(int(np.random.SeedSequence([transform.seed, info.id]).generate_state(1)[0]))
+
+
+def make_train_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    info: DistInfo,
+    seed: int,
+    generator: torch.Generator,
+    num_workers: int,
+    device: torch.device,
+) -> tuple[DataLoader, DistributedSampler | None]:
+    """A shuffled training loader for this rank, and its sampler under DDP (call its
+    ``set_epoch`` every epoch; None in one process).
+
+    ``batch_size`` is the global batch: each of ``info.world_size`` ranks takes its share
+    of it, and a disjoint share of every epoch, reshuffled per epoch. The last, smaller
+    batch is dropped when the set holds more than one batch.
+    """
+    kw = dict(num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+              worker_init_fn=_reseed_worker if num_workers > 0 else None)
+    per_rank = batch_size // info.world_size
+    drop_last = len(dataset) > batch_size
+    if info.distributed:
+        sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **kw), sampler
+    return DataLoader(dataset, batch_size=per_rank, shuffle=True, drop_last=drop_last, generator=generator, **kw), None
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -180,13 +219,16 @@ def train_one_epoch(
     progress: Callable | None = None,
     amp: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns the mean loss and the step count after it.
 
     ``amp``: autocast dtype (None: full precision); with float16 pass a ``scaler``.
+    ``criterion(logits, targets)``: the loss on float32 logits; default BCE-with-logits
+    (the multi-label classifier).
     """
     model.train()
-    criterion = nn.BCEWithLogitsLoss()
+    criterion = criterion or nn.BCEWithLogitsLoss()
     total_loss, seen = 0.0, 0
     batches = progress(loader) if progress else loader
     for images, targets in batches:

@@ -62,9 +62,12 @@ def _confident_labels(index, aff_p, crf_p) -> dict:
             yield str(voc.image_path(image_id)), masks[0], masks[1], class_ids.tolist(), crf_p
 
     counts = np.zeros(3, np.int64)  # background, class, unsure pixels
-    processes = default_processes(aff_p.processes)
+    processes = default_processes(aff_p.processes) if aff_p.label_crf else 1
     with atomic_dir(AFFINITY_LABELS) as tmp:
-        results = parallel_map(crf_label_pair, jobs(), processes=processes, chunksize=POOL_CHUNKSIZE)
+        if aff_p.label_crf:
+            results = parallel_map(crf_label_pair, jobs(), processes=processes, chunksize=POOL_CHUNKSIZE)
+        else:  # the two thresholded seed masks as they are
+            results = ((fg_mask, bg_mask) for _, fg_mask, bg_mask, _, _ in jobs())
         for image_id, (fg, bg) in tqdm(zip(ids, results), total=len(ids), desc=f"confident labels ({processes} proc)", unit="img"):
             labels = confident_labels(torch.from_numpy(fg), torch.from_numpy(bg)).numpy()
             counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]

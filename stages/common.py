@@ -20,6 +20,7 @@ from pipeline.config import (
     ModelParams,
     PostprocessParams,
     RefineParams,
+    SegmentParams,
     TrainParams,
     from_dict,
 )
@@ -40,6 +41,10 @@ AFFINITY_LABELS = Path("outputs/affinity_labels")  # IRN's confident labels the 
 REFINED = Path("outputs/refined")  # the refine stage's VOC-shaped export
 VIEW = Path("outputs/voc_view")  # links to the images and the exported labels; not a DVC output
 METRICS = Path("metrics")
+SEGMENTER = Path("models/segmenter.pt")  # the segment stage's network (trained on the pseudo-labels)
+SEGMENT_METRICS = METRICS / "segment.json"
+SEGMENTER_REFERENCE = Path("models/segmenter_gt.pt")  # the segment_reference stage's: the same recipe on the true masks
+SEGMENT_REFERENCE_METRICS = METRICS / "segment_reference.json"
 PLOTS = Path("plots")
 
 SECTIONS: dict[str, type] = {
@@ -52,6 +57,7 @@ SECTIONS: dict[str, type] = {
     "affinity": AffinityParams,
     "refine": RefineParams,
     "evaluate": EvaluateParams,
+    "segment": SegmentParams,
 }
 
 log = logging.getLogger("wsl")

@@ -21,7 +21,7 @@ from pipeline.cams import upsample_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
-from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_per_class, mean_iou
+from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_by_name, iou_per_class, mean_iou
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.export import VOC_SUBDIR
@@ -30,10 +30,6 @@ from stages.common import CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABEL
 
 PSEUDO = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
 REFINED_LABELS = REFINED / VOC_SUBDIR / "SegmentationClass"
-
-
-def _per_class(iou: np.ndarray, names: list[str]) -> dict[str, float]:
-    return {f"iou_{n}": (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, iou)}
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -103,15 +99,15 @@ def main() -> None:
         "best_bg": float(thresholds[best]),
         "miou_at_params_bg": round(float(mean_iou(masks_cm)), 4),
         "num_images": scored,
-        **_per_class(seeds_iou, names),
+        **iou_by_name(seeds_iou, names),
     })
     masks_iou = iou_per_class(masks_cm)
-    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **_per_class(masks_iou, names)})
+    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **iou_by_name(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
-    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **_per_class(pl_iou, names)})
+    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **iou_by_name(pl_iou, names)})
     refined_iou = iou_per_class(refined.full)
     write_json(METRICS / "refined.json", {"method": refine_p.method, **{k: round(v, 4) for k, v in refined.summary().items()},
-                                          **_per_class(refined_iou, names)})
+                                          **iou_by_name(refined_iou, names)})
     box_summary = {}
     for name, score in box_scores.items():
         s = score.summary()

@@ -28,13 +28,19 @@ def main() -> None:
             scan_root = final_root = find_voc_root(data.root)
         splits, images, skipped = {}, {}, {}
         classes = None
-        for split, ids in (("train", data.train_list), ("val", data.val_list), ("eval", data.eval_list)):
+        lists = (("train", data.train_list), ("val", data.val_list), ("eval", data.eval_list), ("seg_val", data.seg_val_list))
+        for split, ids in lists:
             voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult)
             classes = voc.classes
             entries, dropped = index_split(voc, verify_images=data.verify_images, progress=tqdm)
             if dropped:
                 log.warning("%s list: skipped %d image(s) with no labels: %s%s", split, len(dropped), ", ".join(dropped[:10]), " ..." if len(dropped) > 10 else "")
             splits[split] = list(entries)
+            if split == "seg_val":  # the segment stage scores against these masks
+                no_mask = [voc.mask_path(i) for i in entries if not voc.has_mask(i)]
+                if no_mask:
+                    raise ValueError(f"data.seg_val_list: {len(no_mask)} held-out id(s) have no ground-truth mask, e.g. "
+                                     f"{', '.join(map(str, no_mask[:3]))}")
             skipped[split] = dropped
             images.update(entries)
         missing = sorted(set(splits["eval"]) - set(splits["train"]))
@@ -42,6 +48,12 @@ def main() -> None:
             raise ValueError(
                 f"data.eval_list: {len(missing)} id(s) are not in data.train_list (seeds and pseudo-labels are made "
                 f"for the training ids only), e.g. {', '.join(missing[:5])}"
+            )
+        shared = sorted(set(splits["seg_val"]) & set(splits["train"]))
+        if shared:
+            raise ValueError(
+                f"data.seg_val_list: {len(shared)} id(s) are also in data.train_list (the segmenter is scored on ids the "
+                f"classifier and the pseudo-labels never saw), e.g. {', '.join(shared[:5])}"
             )
         index = DatasetIndex(str(final_root), classes, splits, images, skipped, data.use_difficult)
         write_json(tmp / INDEX_FILE.name, index.to_dict())

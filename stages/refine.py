@@ -52,7 +52,8 @@ def main() -> None:
             if refine_p.method == "rw":
                 x = to_tensor(image, ckpt["mean"], ckpt["std"]).to(device)
                 labels, boundary = refine_with_walk(net, x, maps_t, classes_t, size, radius=refine_p.radius, beta=refine_p.beta,
-                                                    steps=refine_p.steps, bg_threshold=refine_p.bg_threshold, flip=refine_p.flip)
+                                                    steps=refine_p.steps, bg_threshold=refine_p.bg_threshold,
+                                                    background=refine_p.background, bg_power=refine_p.bg_power, flip=refine_p.flip)
                 picture = (boundary.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
                 Image.fromarray(picture).save(id_path(tmp / "boundaries", image_id, ".png"))
             else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from dvclive import Live
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import distributed
@@ -20,6 +20,7 @@ from pipeline.train import (
     build_optimizer,
     eval_transform,
     evaluate_map,
+    make_train_loader,
     resolve_device,
     seed_everything,
     train_augmentation,
@@ -59,14 +60,8 @@ def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.de
     train_set = ClassificationDataset(index.dataset("train"), labels, augment, mean, std)
     val_set = ClassificationDataset(index.dataset("val"), labels, eval_transform(train_p.crop_size), mean, std)
     loader_kw = dict(num_workers=train_p.num_workers, pin_memory=device.type == "cuda", persistent_workers=train_p.num_workers > 0)
-    per_rank = train_p.batch_size // info.world_size
-    drop_last = len(train_set) > train_p.batch_size
-    if info.distributed:  # each rank a disjoint share of every epoch, reshuffled per epoch
-        sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True, seed=train_p.seed, drop_last=drop_last)
-        train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=drop_last, **loader_kw)
-    else:
-        sampler = None
-        train_loader = DataLoader(train_set, batch_size=per_rank, shuffle=True, drop_last=drop_last, generator=generator, **loader_kw)
+    train_loader, sampler = make_train_loader(train_set, batch_size=train_p.batch_size, info=info, seed=train_p.seed, generator=generator,
+                                              num_workers=train_p.num_workers, device=device)
     val_loader = DataLoader(val_set, batch_size=train_p.batch_size, shuffle=False, **loader_kw)
 
     optimizer = build_optimizer(model, train_p)

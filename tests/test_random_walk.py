@@ -3,7 +3,15 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pipeline.random_walk import WALK_METHODS, neighbor_weights, random_walk, transition_matrix, walk_labels
+from pipeline.random_walk import (
+    WALK_METHODS,
+    background_plane,
+    neighbor_weights,
+    random_walk,
+    transition_matrix,
+    walk_labels,
+    walked_labels,
+)
 
 
 def _segment(p, q):
@@ -128,6 +136,50 @@ def test_walk_labels_hand_made():
     assert walk_labels(torch.zeros(2, 3, 4), torch.tensor([0, 1]), (6, 8)).unique().tolist() == [0]
     empty = walk_labels(torch.zeros(0, 3, 4), torch.zeros(0, dtype=torch.long), (6, 8))
     assert empty.shape == (6, 8) and empty.dtype == torch.uint8 and int(empty.max()) == 0
+
+
+def test_background_plane_hand_made():
+    maps = torch.tensor([[[0.5, 0.0], [1.0, 0.2]],
+                         [[0.1, 0.3], [0.4, 0.9]]])
+    # max over classes [.5 .3; 1 .9] -> (1 - max) ** 2 = [.25 .49; 0 .01]
+    torch.testing.assert_close(background_plane(maps, 2.0), torch.tensor([[[0.25, 0.49], [0.0, 0.01]]]))
+    torch.testing.assert_close(background_plane(maps, 1.0), torch.tensor([[[0.5, 0.7], [0.0, 0.1]]]))
+    assert torch.equal(background_plane(torch.zeros(0, 2, 3), 4.0), torch.ones(1, 2, 3))
+    with pytest.raises(ValueError, match="power"):
+        background_plane(maps, 0.0)
+
+
+def test_walked_labels_hand_made():
+    walked = torch.tensor([[[0.3, 0.3, 0.1]],   # background
+                           [[0.2, 0.3, 0.5]],   # class 6
+                           [[0.4, 0.1, 0.6]]])  # class 2
+    labels = walked_labels(walked, torch.tensor([6, 2]), (1, 3))
+    assert labels.dtype == torch.uint8 and labels.tolist() == [[3, 0, 3]]  # the tie at x = 1 goes to background
+    with pytest.raises(ValueError, match="1 \\+ K"):
+        walked_labels(walked[1:], torch.tensor([6, 2]), (1, 3))
+
+
+def test_walked_background_matches_dense_reference(small_graph):
+    """The walked background (PSA): background plane and seeds walked by T ** steps (the
+    dense reference matrix), then argmax; on a map split by a wall of boundary, each side
+    takes the label its seeds vote for."""
+    b, dense = small_graph
+    g = torch.Generator().manual_seed(7)
+    maps = torch.rand(2, 7, 9, generator=g, dtype=torch.float64) ** 2
+    planes = torch.cat([background_plane(maps, 3.0), maps])
+    steps = 6
+    expected = (torch.linalg.matrix_power(dense, steps) @ (planes * (1 - b)).reshape(3, -1).T).T.reshape(3, 7, 9)
+    walked = random_walk(planes, b, radius=3, beta=4.0, steps=steps)
+    torch.testing.assert_close(walked, expected, rtol=1e-9, atol=1e-12)
+    # a wall: two regions, class 0 seeded left, nothing right
+    wall = torch.zeros(7, 9, dtype=torch.float64)
+    wall[:, 4] = 1.0
+    seeds = torch.zeros(1, 7, 9, dtype=torch.float64)
+    seeds[0, 1:6, 0:4] = 0.9  # 20 of the 28 cells left of the wall: the region's mean votes for the class
+    planes = torch.cat([background_plane(seeds, 2.0), seeds])
+    labels = walked_labels(random_walk(planes, wall, radius=3, beta=10.0, steps=200), torch.tensor([4]), (7, 9))
+    assert (labels[:, 5:] == 0).all()  # no class crosses the wall
+    assert (labels[:, :4] == 5).all()  # also the unseeded rows 0 and 6 of that region
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,196 @@
+"""Stage `segment`: train a segmentation network on the pseudo-labels and score it on the
+held-out ids of data.seg_val_list -> models/segmenter.pt, metrics/segment.json.
+
+The targets are the labels `refine.export` names (the CRF's or the refined ones), or,
+with `segment.label_source: gt`, the true masks of the same ids. metrics/segment.json
+holds the val mIoU, the IoU of each class and, from metrics/segment_reference.json (the
+`segment_reference` stage: the same recipe on the true masks), the full-supervision ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pipeline import distributed
+from pipeline.config import SegmentParams
+from pipeline.data.index import DatasetIndex
+from pipeline.export import VOC_SUBDIR
+from pipeline.io import atomic_path, id_path, read_json, write_json
+from pipeline.metrics import iou_by_name, iou_per_class, mean_iou
+from pipeline.segment import (
+    SegmentationDataset,
+    build_segmenter,
+    encoder_normalization,
+    score_segmenter,
+    segment_augmentation,
+    segmentation_loss,
+)
+from pipeline.train import amp_dtype, build_optimizer, make_train_loader, resolve_device, seed_everything, train_one_epoch
+from stages.common import (
+    INDEX_FILE,
+    PSEUDO_LABELS,
+    REFINED,
+    SEGMENT_METRICS,
+    SEGMENT_REFERENCE_METRICS,
+    SEGMENTER,
+    SEGMENTER_REFERENCE,
+    load_index,
+    load_params,
+    log,
+    run,
+)
+
+# which folder each refine.export value names (the crf and refine stages' VOC-shaped exports)
+EXPORTED_LABELS = {"crf": PSEUDO_LABELS, "refined": REFINED}
+
+
+# segment params that do not make another recipe: the targets, where it runs, how images are read
+NOT_RECIPE = ("label_source", "device", "num_workers")
+
+
+def recipe_digest(params: SegmentParams) -> str:
+    """A short digest of the segment params but :data:`NOT_RECIPE`: the reference run's ratio is
+    only written against a reference trained with the same recipe."""
+    recipe = {k: v for k, v in dataclasses.asdict(params).items() if k not in NOT_RECIPE}
+    return hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def main(reference: bool = False) -> None:
+    """``reference``: the segment_reference stage (the true masks, its own outputs, no ratio)."""
+    segment_p, refine_p = load_params("segment", "refine")
+    distributed.launch(segment_p.processes, "stages.segment_reference" if reference else "stages.segment")
+    index = load_index()
+    info, device = distributed.init(resolve_device(segment_p.device))
+    try:
+        _segment(segment_p, refine_p.export, index, info, device, reference)
+    finally:
+        distributed.shutdown()
+
+
+def _labels_dir(label_source: str, export: str, index: DatasetIndex) -> Path | None:
+    """The folder of training labels (None: the true masks); every training id must have one."""
+    if label_source == "gt":
+        voc = index.dataset("train")
+        missing = [voc.mask_path(i) for i in voc.ids if not voc.has_mask(i)]
+        if missing:
+            raise FileNotFoundError(f"segment.label_source gt: {len(missing)} training id(s) have no ground-truth mask, "
+                                    f"e.g. {', '.join(map(str, missing[:3]))}")
+        return None
+    labels_dir = EXPORTED_LABELS[export] / VOC_SUBDIR / "SegmentationClass"
+    missing = [id_path(labels_dir, i, ".png") for i in index.splits["train"] if not id_path(labels_dir, i, ".png").is_file()]
+    if missing:
+        stage = "crf" if export == "crf" else "refine"
+        raise FileNotFoundError(f"{missing[0]}: pseudo-label not found ({len(missing)} of {len(index.splits['train'])} missing); "
+                                f"run the {stage} stage (refine.export: {export})")
+    return labels_dir
+
+
+def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distributed.DistInfo, device: torch.device,
+             reference: bool) -> None:
+    if "seg_val" not in index.splits:
+        raise ValueError(f"{INDEX_FILE}: no seg_val split (written before data.seg_val_list existed); rerun the prepare stage")
+    if p.batch_size % info.world_size:
+        raise ValueError(f"segment.batch_size {p.batch_size} is the global batch: it must divide by segment.processes {info.world_size}")
+    label_source = "gt" if reference else p.label_source
+    labels_dir = _labels_dir(label_source, export, index)
+    generator = seed_everything(p.seed)  # the same initial weights on every rank
+    amp = amp_dtype(p.amp, device)
+    mean, std = encoder_normalization(p.encoder)
+    class_names = ["background", *index.classes]
+
+    model = build_segmenter(p.arch, p.encoder, len(class_names), weights=p.weights, decoder_channels=p.decoder_channels)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    augment = segment_augmentation(p.crop_size, p.scale_range, fill=[255 * m for m in mean], seed=p.seed + info.rank)
+    train_set = SegmentationDataset(index.dataset("train"), labels_dir, len(class_names), augment, mean, std)
+    loader, sampler = make_train_loader(train_set, batch_size=p.batch_size, info=info, seed=p.seed, generator=generator,
+                                        num_workers=p.num_workers, device=device)
+    optimizer = build_optimizer(model, p)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
+    what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
+    log.info("training %s on %s on the %s of %d ids (%d steps per epoch)", p.arch, p.encoder, what, len(train_set), len(loader))
+    total_steps, step, loss = p.epochs * len(loader), 0, float("nan")
+    start = time.perf_counter()
+    for epoch in range(p.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False, disable=not info.is_main)
+        loss, step = train_one_epoch(net, loader, optimizer, schedule=p.schedule, step=step, total_steps=total_steps, device=device,
+                                     progress=bar, amp=amp, scaler=scaler, criterion=segmentation_loss)
+        if info.is_main:
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, p.epochs, loss)
+    train_seconds = time.perf_counter() - start
+    if not info.is_main:  # rank 0 scores and writes
+        return
+
+    val_ids = index.splits["seg_val"]
+    start = time.perf_counter()
+    confusion = score_segmenter(model, index.dataset("seg_val"), [[val_ids[i] for i in b] for b in index.size_grouped_batches(val_ids, p.batch_size)],
+                                num_classes=len(class_names), mean=mean, std=std, device=device, scales=p.scales, flip=p.flip,
+                                crf=p.crf, amp=amp, progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
+    score_seconds = time.perf_counter() - start
+    miou = mean_iou(confusion)
+    metrics = {
+        "miou": round(miou, 4),
+        "pixel_accuracy": round(float(np.trace(confusion) / max(confusion.sum(), 1)), 4),
+        "label_source": label_source,
+        "labels": "gt" if label_source == "gt" else export,
+        "num_val_images": len(val_ids),
+        "epochs": p.epochs,
+        "processes": info.world_size,
+        "recipe": recipe_digest(p),
+    }
+    if not reference:
+        metrics.update(_ratio(miou, p))
+    metrics.update(iou_by_name(iou_per_class(confusion), class_names))
+
+    out = SEGMENTER_REFERENCE if reference else SEGMENTER
+    # through a file object, as in the train stage: a path would put the random temporary name into the archive
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        torch.save({
+            "state_dict": model.state_dict(),
+            "arch": p.arch,
+            "encoder": p.encoder,
+            "decoder_channels": p.decoder_channels,
+            "num_classes": len(class_names),
+            "class_names": class_names,
+            "mean": list(mean),
+            "std": list(std),
+            "scales": list(p.scales),
+            "flip": p.flip,
+            "crf": p.crf,
+            "label_source": label_source,
+        }, f)
+    write_json(SEGMENT_REFERENCE_METRICS if reference else SEGMENT_METRICS, metrics)
+    log.info("%s: val mIoU %.4f on %d held-out images (training %.0f s, scoring %.0f s) -> %s", "segment_reference" if reference else "segment",
+             miou, len(val_ids), train_seconds, score_seconds, out)
+
+
+def _ratio(miou: float, p: SegmentParams) -> dict:
+    """``reference_miou`` and ``full_supervision_ratio`` from the reference run's metrics, when it
+    exists and was trained with this recipe; nothing (and one line saying why) otherwise."""
+    path = SEGMENT_REFERENCE_METRICS
+    if not path.is_file():
+        log.info("%s not found: run the segment_reference stage for the full-supervision ratio", path)
+        return {}
+    ref = read_json(path)
+    if not isinstance(ref, dict) or not isinstance(ref.get("miou"), (int, float)) or ref.get("recipe") != recipe_digest(p):
+        log.warning("%s was not made with this segment recipe (or is not a reference metrics file): no full-supervision "
+                    "ratio; rerun the segment_reference stage", path)
+        return {}
+    ratio = round(miou / ref["miou"], 4) if ref["miou"] > 0 else None  # JSON has no NaN
+    log.info("full-supervision ratio %s (reference mIoU %.4f)", ratio, ref["miou"])
+    return {"reference_miou": ref["miou"], "full_supervision_ratio": ratio}
+
+
+if __name__ == "__main__":
+    run(main)

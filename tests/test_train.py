@@ -87,3 +87,39 @@ def test_irn_augmentation_gives_crops_of_the_size(shape):
         assert any((o == (124, 116, 104)).all(axis=-1).any() for o in out)
     with pytest.raises(ValueError, match="valid: resized_crop, irn"):
         train_augmentation(64, kind="mixup")
+
+
+class _CropOfOneImage(torch.utils.data.Dataset):
+    """The same 64x64 image, randomly cropped by a seeded albumentations pipeline."""
+
+    def __init__(self, seed: int) -> None:
+        import albumentations as A
+
+        self.image = np.arange(64 * 64 * 3, dtype=np.uint32).reshape(64, 64, 3).astype(np.uint8)
+        self.transform = A.Compose([A.RandomCrop(16, 16), A.HorizontalFlip(p=0.5)], seed=seed)
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(self.transform(image=self.image)["image"].copy())
+
+
+def test_loader_workers_draw_different_augmentations():
+    """With a seeded transform every DataLoader worker gets a copy of one generator
+    (albumentations 2.0.8); make_train_loader reseeds each, so the two workers' crops differ
+    and a second loader with the same seed repeats them."""
+    from pipeline.distributed import DistInfo
+    from pipeline.train import make_train_loader
+
+    def crops() -> list[torch.Tensor]:
+        loader, _ = make_train_loader(_CropOfOneImage(seed=3), batch_size=1, info=DistInfo(), seed=0,
+                                      generator=torch.Generator().manual_seed(0), num_workers=2, device=torch.device("cpu"))
+        return [b[0] for b in loader]
+
+    first = crops()
+    # workers take batches in turn: batch 2i from worker 0, batch 2i + 1 from worker 1
+    assert any(not torch.equal(first[i], first[i + 1]) for i in range(0, 8, 2))
+    assert sum(torch.equal(first[i], first[i + 1]) for i in range(0, 8, 2)) < 4
+    again = crops()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))

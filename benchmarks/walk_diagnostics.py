@@ -61,9 +61,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.25, 0.35], help="IRN's bg_threshold values")
     parser.add_argument("--powers", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="PSA's bg_power values")
     parser.add_argument("--name", default="walk_diagnostics", help="results file name")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
-    results_dir = Path(__file__).resolve().parent / "results"
+    results_dir = Path(args.out).resolve() if args.out else Path(__file__).resolve().parent / "results"
+    cwd = os.getcwd()
     os.chdir(args.run)
+    try:
+        return _diagnose(args, results_dir)
+    finally:
+        os.chdir(cwd)
+
+
+def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
     from stages.common import REFINED, SEEDS, load_index, load_params  # relative to the run folder
 
     refine_p, post_p = load_params("refine", "postprocess")

@@ -198,3 +198,24 @@ def test_cuda_matches_cpu(small_graph, method):
     labels = walk_labels(gpu, torch.tensor([3, 5]), (25, 33))
     assert labels.device.type == "cuda"
     assert torch.equal(labels.cpu(), walk_labels(cpu, torch.tensor([3, 5]), (25, 33)))
+
+
+def test_oracle_boundary_marks_label_changes_and_void_cells():
+    """benchmarks.walk_diagnostics.oracle_boundary on hand-made masks (cells of 4x4 pixels,
+    labels read at each cell's centre pixel (2, 2))."""
+    import numpy as np
+
+    from benchmarks.walk_diagnostics import oracle_boundary
+
+    mask = np.zeros((8, 12), np.uint8)
+    mask[0:4, :] = 2  # top row of cells one class, bottom row background
+    assert np.array_equal(oracle_boundary(mask, (2, 3)).numpy(), np.ones((2, 3), np.float32))
+    mask[:] = 5
+    assert not oracle_boundary(mask, (2, 3)).numpy().any()
+    mask = np.zeros((12, 12), np.uint8)
+    mask[4:8, 4:8] = 1  # the centre cell of 3x3: it and its 4 neighbours are edges, the corners not
+    expected = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.float32)
+    assert np.array_equal(oracle_boundary(mask, (3, 3)).numpy(), expected)
+    mask[2, 2] = 255  # the centre pixel of the corner cell (0, 0): void is an edge too
+    expected[0, 0] = 1
+    assert np.array_equal(oracle_boundary(mask, (3, 3)).numpy(), expected)

@@ -431,3 +431,16 @@ def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     import dataclasses
 
     assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {"segment.label_source"}
+
+
+def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):
+    """benchmarks.walk_diagnostics scores every boundary map and background rule on a finished
+    run and writes them to JSON (its oracle map is checked by hand in test_random_walk.py)."""
+    from benchmarks import walk_diagnostics
+
+    scores = walk_diagnostics.main(["--run", str(pipeline_run), "--limit", "4", "--thresholds", "0.25", "--powers", "4",
+                                    "--out", str(tmp_path)])
+    assert set(scores) == {"seeds", "trained constant 0.25", "trained walked 4", "oracle constant 0.25", "oracle walked 4"}
+    assert all(0 <= v <= 1 for v in scores.values())
+    out = json.loads((tmp_path / "walk_diagnostics.json").read_text())
+    assert out["num_images"] == 4 and out["miou"] == scores

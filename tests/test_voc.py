@@ -8,9 +8,15 @@ from pipeline.io import write_label_png
 from conftest import write_jpeg, write_xml
 
 
-def test_finds_root_from_parent(voc_root):
+def test_finds_root_from_parent(voc_root, tmp_path):
     assert find_voc_root(voc_root.parent.parent) == voc_root
+    assert find_voc_root(voc_root.parent) == voc_root  # the VOCdevkit folder (torchvision's VOCSegmentation root)
     assert find_voc_root(voc_root) == voc_root
+    (voc_root.parent / "VOC2007" / "JPEGImages").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="several VOC folders"):
+        find_voc_root(voc_root.parent)
+    with pytest.raises(DatasetError, match=r"no VOC layout found .*VOC20xx/JPEGImages"):
+        find_voc_root(tmp_path / "elsewhere")
 
 
 def test_reads_xml_sample(voc_root):

@@ -79,17 +79,21 @@ class Sample:
 
 
 def find_voc_root(root: str | os.PathLike) -> Path:
-    """Return the ``VOC20xx`` folder inside ``root`` (``root`` itself, or ``root/VOCdevkit/VOC20xx``)."""
+    """Return the ``VOC20xx`` folder of ``root``: ``root`` itself, ``root/VOC20xx`` (``root`` is
+    the ``VOCdevkit`` folder, where torchvision's ``VOCSegmentation`` users point), or
+    ``root/VOCdevkit/VOC20xx``."""
     root = Path(root)
     if (root / "JPEGImages").is_dir():
         return root
-    candidates = sorted(p for p in (root / "VOCdevkit").glob("VOC*") if (p / "JPEGImages").is_dir())
-    if len(candidates) == 1:
-        return candidates[0]
-    if len(candidates) > 1:
-        names = ", ".join(str(c) for c in candidates)
-        raise DatasetError(f"{root}: several VOC folders ({names}); point data.root at one of them")
-    raise DatasetError(f"{root}: no VOC layout found (expected {root}/JPEGImages or {root}/VOCdevkit/VOC20xx/JPEGImages)")
+    for parent in (root, root / "VOCdevkit"):
+        candidates = sorted(p for p in parent.glob("VOC*") if (p / "JPEGImages").is_dir())
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            names = ", ".join(str(c) for c in candidates)
+            raise DatasetError(f"{root}: several VOC folders ({names}); point data.root at one of them")
+    raise DatasetError(f"{root}: no VOC layout found (expected {root}/JPEGImages, {root}/VOC20xx/JPEGImages "
+                       f"or {root}/VOCdevkit/VOC20xx/JPEGImages)")
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int, where: str = "") -> tuple[int, ...]:

@@ -75,7 +75,8 @@ class CamContext:
 
     ``features``: the target feature map ``A`` (N, C, h, w), detached.
     ``grads``: d score / d A for each requested class, (K, N, C, h, w), or None for
-    gradient-free methods. ``class_ids``: (N, K). ``images``: the network input.
+    gradient-free methods. Both are in the autocast dtype when the caller runs under
+    autocast (``cam.amp``). ``class_ids``: (N, K). ``images``: the network input.
     ``batch_size``: how many masked images ``scorecam`` forwards at once.
     """
 
@@ -168,19 +169,36 @@ def _counterfactual(ctx: CamContext) -> torch.Tensor:
     return _weighted_sum(-ctx.grads.mean(dim=(3, 4)), ctx.features)
 
 
+@contextlib.contextmanager
+def _autocast_off(device: torch.device) -> Iterator[None]:
+    """Autocast disabled on ``device`` for the block (nothing to do where it has none)."""
+    if torch.amp.is_autocast_available(device.type):
+        with torch.autocast(device.type, enabled=False):
+            yield
+    else:
+        yield
+
+
 @register_method("gradcampp", needs_gradients=True)
 def _gradcampp(ctx: CamContext) -> torch.Tensor:
     # With Y = exp(S): dY/dA = Y g, d2Y/dA2 = Y g^2, d3Y/dA3 = Y g^3 (g = dS/dA, higher
     # derivatives of S taken as zero, exact for a piecewise-linear network), so
     # alpha = g^2 / (2 g^2 + sum_ab A_ab g^3), and w = sum_ij alpha relu(g) up to the
     # positive factor Y, which per-class normalisation removes.
-    g = ctx.grads
-    g2 = g * g
-    a_sum = ctx.features.sum(dim=(2, 3))[None, :, :, None, None]  # (1, N, C, 1, 1)
-    denom = 2 * g2 + a_sum * g2 * g
-    alpha = torch.where(g != 0, g2 / (denom + 1e-6), torch.zeros_like(g))
-    weights = (alpha * F.relu(g)).sum(dim=(3, 4))
-    return _weighted_sum(weights, ctx.features)
+    # In float32 with autocast off, whatever the caller's autocast: a gradient through
+    # global average pooling is W / (h w), about 1e-4 on a 64 x 64 map, and in float16
+    # (smallest subnormal 6e-8) g^2 and g^3 flush to zero, so every alpha and every map
+    # was 0 under cam.amp fp16 (tests/test_cams.py); sum_ab A_ab can also pass float16's
+    # 65504 on a large map. (bfloat16 keeps float32's range, but only 3 significant digits.)
+    with _autocast_off(ctx.features.device):
+        g = ctx.grads.float()
+        a = ctx.features.float()
+        g2 = g * g
+        a_sum = a.sum(dim=(2, 3))[None, :, :, None, None]  # (1, N, C, 1, 1)
+        denom = 2 * g2 + a_sum * g2 * g
+        alpha = torch.where(g != 0, g2 / (denom + 1e-6), torch.zeros_like(g))
+        weights = (alpha * F.relu(g)).sum(dim=(3, 4))
+        return _weighted_sum(weights, a)
 
 
 @register_method("xgradcam", needs_gradients=True, per_position=True)

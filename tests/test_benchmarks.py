@@ -7,11 +7,7 @@ for cam_speed, that the maps it times agree with pytorch-grad-cam's.
 import json
 import os
 
-import pytest
-
-pytest.importorskip("pytorch_grad_cam", reason="grad-cam (pytorch-grad-cam) is a test-only dependency in requirements.txt")
-
-from benchmarks import cam_speed, crf_speed, multiscale, pipeline_stages  # noqa: E402
+from benchmarks import cam_speed, crf_speed, multiscale, pipeline_stages
 
 
 def _read(path):
@@ -49,16 +45,17 @@ def test_crf_speed_quick(tmp_path):
 def test_tree_memory_sees_a_child_and_its_peak():
     import subprocess
     import sys
-    import time
 
-    # a child that holds 200 MiB for a moment, then frees it and sleeps
-    code = "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.5); del b; time.sleep(1.5)"
-    child = subprocess.Popen([sys.executable, "-c", code])
+    # a child that holds 200 MiB, frees it, says so, and waits for its stdin to close
+    code = ("import sys; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); del b; "
+            "print('freed', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(1.2)  # the 200 MiB are freed by now; the high-water mark remembers them
+        assert child.stdout.readline().strip() == "freed"  # the high-water mark remembers the 200 MiB
         child_now, child_peak = pipeline_stages._tree_memory(child.pid)
         tree, _ = pipeline_stages._tree_memory(os.getpid())
     finally:
+        child.stdin.close()
         child.wait()
     with open("/proc/self/status") as f:
         own = int(next(line for line in f if line.startswith("VmRSS")).split()[1]) * 1024

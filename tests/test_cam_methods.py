@@ -4,13 +4,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM  # grad-cam (requirements.txt)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from pipeline.cams import compute_cams, explain, list_layers, list_methods, multiscale_cams, normalize_maps
 from pipeline.models import build_classifier
-
-gradcam_lib = pytest.importorskip("pytorch_grad_cam", reason="grad-cam (pytorch-grad-cam) is a test-only dependency in requirements.txt")
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}
 
@@ -74,9 +72,30 @@ def test_counterfactual_is_negated_gradcam():
 
 
 def test_vgg_gradcam_differs_from_cam_definition():
+    """VGG16's head (7 x 7 adaptive pooling, three fully connected layers) is not GAP +
+    linear: ``cam`` refuses it, and d score / d A varies over positions (on GAP + linear
+    it is W / (h w) everywhere), so Grad-CAM must use the whole gradient map. Checked
+    against Grad-CAM written out as in the paper's code: a full backward through the
+    whole network from the class score, the feature map's gradient kept by
+    ``retain_grad``, weights its spatial mean, map sum_c w_c A_c (no pipeline.cams code)."""
     model = _model("vgg16")
     with pytest.raises(ValueError, match=r"needs global average pooling \+ one nn.Linear head"):
         compute_cams(model, torch.randn(1, 3, 64, 64), [[0]], "cam")
+    torch.manual_seed(2)
+    images = torch.randn(2, 3, 64, 64)
+    classes = [[0, 4], [5]]
+    ours = compute_cams(model, images, classes, "gradcam", normalize=False)
+    for n, cls in enumerate(classes):
+        for j, c in enumerate(cls):
+            x = images[n : n + 1].clone().requires_grad_(True)
+            a = model.features(x)
+            a.retain_grad()
+            model.classifier(a)[0, c].backward()
+            grad = a.grad[0]  # (C, h, w)
+            # not constant over positions: a CAM-style weight per channel would be wrong here
+            assert not torch.allclose(grad, grad[:, :1, :1].expand_as(grad), rtol=0.1, atol=0)
+            ref = (grad.mean(dim=(1, 2))[:, None, None] * a.detach()[0]).sum(0)
+            torch.testing.assert_close(ours[n][j], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
 def test_multiscale_flip_of_mirror_symmetric_input_is_symmetric():

@@ -162,6 +162,38 @@ def test_bf16_autocast_maps_close_to_float32():
         assert (a - b).abs().max() < 0.1
 
 
+def test_gradcampp_under_float16_autocast_matches_float32():
+    """Grad-CAM++'s alphas take g^2 and g^3 of gradients that are W / (h w), about 1e-4
+    on a 64 x 64 map: in float16 (smallest subnormal 6e-8) they flush to zero. The
+    weights are computed in float32 whatever the autocast, so the maps under fp16
+    autocast match float32's; the naive float16 formula, written out below, gives zeros."""
+    model = _linear_model(classes=3, channels=6)  # conv backbone at stride 1: a 64 x 64 map
+    x = torch.randn(2, 3, 64, 64)
+    ids = [[0, 2], [1]]
+    full = compute_cams(model, x, ids, "gradcampp")
+    with torch.autocast("cpu", dtype=torch.float16):
+        half = compute_cams(model, x, ids, "gradcampp")
+        # what the weighting function receives under autocast (the CPU runs conv, linear and
+        # their backward in float16 in this torch, so the test exercises float16 throughout)
+        with torch.no_grad():
+            a = model.forward_features(x)
+        a = a.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(model.forward_head(a)[:, 0].sum(), a)
+    assert a.dtype == g.dtype == torch.float16
+    assert (g != 0).any() and float(g.float().abs().max()) < 2e-4
+    # the old float16 arithmetic: every square and cube is zero, and so is every alpha and the map
+    g2 = g * g
+    denom = 2 * g2 + a.detach().sum(dim=(2, 3))[:, :, None, None] * g2 * g
+    alpha = torch.where(g != 0, g2 / (denom + 1e-6), torch.zeros_like(g))
+    naive = torch.einsum("nc,nchw->nhw", (alpha * torch.relu(g)).sum(dim=(2, 3)), a.detach())
+    assert not g2.any() and not alpha.any() and not naive.any()
+    for f, h in zip(full, half):
+        assert h.dtype == torch.float32
+        assert (f.amax(dim=(1, 2)) == 1).all()  # the float32 maps are not trivially zero
+        # features and gradients still pass through float16 (3 significant digits)
+        torch.testing.assert_close(h, f, rtol=0, atol=5e-3)  # measured: 6e-4
+
+
 def test_one_autograd_call_equals_per_class_backward():
     """The batched (is_grads_batched) gradients equal K separate backward passes, for a
     GAP + linear head and through VGG's fully connected head."""
@@ -198,24 +230,30 @@ def test_cam_on_a_timm_model_is_gradcam_times_area():
 
 def test_multiscale_gradcam_equals_irn_multiscale_cam_on_linear_head():
     """Per-position maps are summed as densities (x h w per scale), so on GAP + linear
-    multi-scale Grad-CAM (and XGrad-CAM, its equal there) is IRN's summed CAM, written
-    out here from raw single-scale CAMs; without the factor the scales would weigh 1/s^2."""
+    multi-scale Grad-CAM (and XGrad-CAM, its equal there) is IRN's summed CAM; without the
+    factor the scales would weigh 1/s^2. The reference is IRN's make_cam written out in
+    float64 from the backbone's features and the head's weight, none of pipeline.cams:
+    CAM = relu(conv2d(A, W)) with no bias (IRN's ``resnet50_cam.CAM.forward``), the flipped
+    copy's map flipped back and added, each scale resized bilinearly (align_corners=False)
+    to the output size and summed, then divided by the per-class maximum (IRN adds 1e-5 to
+    that maximum; we add nothing, see normalize_maps)."""
     model = _linear_model()
     x = torch.randn(2, 3, 16, 12)
     ids = [[0, 2], [3, 1]]
     scales = (1.0, 0.5, 1.5, 2.0)
     out = (8, 6)
-    cams = multiscale_cams(model, x, ids, "cam", scales=scales, flip=True, output_size=out)
-    total = 0
+    weight = model.head.weight.detach().double()[:, :, None, None]  # (classes, C, 1, 1)
+    total = torch.zeros(2, weight.shape[0], *out, dtype=torch.float64)
     for s in scales:
         xs = x if s == 1.0 else torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
         for flipped in (False, True):
-            raw = compute_cams(model, xs.flip(-1) if flipped else xs, ids, "cam", normalize=False)
-            raw = torch.stack([torch.relu(r) for r in raw])
-            total = total + upsample_maps(raw.flip(-1) if flipped else raw, out)
-    ref = normalize_maps(total)
-    for method in ("gradcam", "xgradcam"):
+            with torch.no_grad():
+                a = model.features(xs.flip(-1) if flipped else xs).double()
+            cam = torch.relu(torch.nn.functional.conv2d(a, weight))
+            cam = cam.flip(-1) if flipped else cam
+            total += torch.nn.functional.interpolate(cam, size=out, mode="bilinear", align_corners=False)
+    ref = (total / total.amax(dim=(2, 3), keepdim=True)).float()
+    for method in ("cam", "gradcam", "xgradcam"):
         maps = multiscale_cams(model, x, ids, method, scales=scales, flip=True, output_size=out)
-        for m, c, r in zip(maps, cams, ref):
-            torch.testing.assert_close(c, r, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-5)
+        for m, r, classes in zip(maps, ref, ids):
+            torch.testing.assert_close(m, r[classes], rtol=1e-4, atol=1e-5, msg=lambda e: f"{method}: {e}")

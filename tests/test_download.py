@@ -8,13 +8,12 @@ import threading
 
 import numpy as np
 import pytest
+import scipy.io
 from PIL import Image
 
 from pipeline import download as dl
 from pipeline.data.voc import VOCDataset
 from pipeline.io import read_label_png, write_label_png
-
-scipy_io = pytest.importorskip("scipy.io", reason="scipy reads SBD's .mat files (installed with albumentations)")
 
 
 class _Server:
@@ -102,7 +101,7 @@ def _jpeg(value: int) -> bytes:
 
 def _mat(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    scipy_io.savemat(buf, {"GTcls": {"Segmentation": mask, "CategoriesPresent": np.unique(mask[mask > 0])}})
+    scipy.io.savemat(buf, {"GTcls": {"Segmentation": mask, "CategoriesPresent": np.unique(mask[mask > 0])}})
     return buf.getvalue()
 
 

@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+from PIL import Image
 
 from pipeline.data.synthetic import BUILTIN_CLASSES, generate_dataset, render_image
 from pipeline.data.voc import VOCDataset
@@ -23,11 +24,38 @@ def test_generation_is_deterministic(tmp_path):
     assert _digest(a) != _digest(c)
 
 
-def test_image_does_not_depend_on_dataset_size():
-    small = render_image(0, 5, 64)
-    again = render_image(0, 5, 64)
-    np.testing.assert_array_equal(small.image, again.image)
-    np.testing.assert_array_equal(small.mask, again.mask)
+def test_image_does_not_depend_on_dataset_size(tmp_path):
+    """Image i of a split is ``render_image(seed, index)`` with the documented index (train
+    i -> i, val i -> 1_000_000 + i), whatever the split sizes: the same files in a small and
+    a larger dataset, each mask equal to the directly rendered one."""
+    small = generate_dataset(tmp_path / "small", num_train=2, num_val=1, image_size=64, seed=0, progress=None)
+    large = generate_dataset(tmp_path / "large", num_train=5, num_val=3, image_size=64, seed=0, progress=None)
+    for image_id, index in (("train_000001", 1), ("val_000000", 1_000_000)):
+        for folder, ext in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png"), ("Annotations", ".xml")):
+            name = f"{folder}/{image_id}{ext}"
+            assert (small / name).read_bytes() == (large / name).read_bytes(), name
+        mask = np.array(Image.open(large / "SegmentationClass" / f"{image_id}.png"))  # palette indices
+        np.testing.assert_array_equal(mask, render_image(0, index, 64).mask)
+    a, b = render_image(0, 5, 64), render_image(0, 6, 64)
+    assert not np.array_equal(a.image, b.image)  # the index reaches the random stream
+    np.testing.assert_array_equal(a.image, render_image(0, 5, 64).image)
+
+
+def test_render_image_golden_values():
+    """Golden values for ``render_image(0, 1_000_000, 64)`` (the built-in dataset's first
+    val image at 64 px), computed at commit 5c8884f with numpy 2.4.6 and
+    opencv-python-headless 5.0.0.93 (requirements.txt). Objects and label counts only: they
+    come from integer draws and cv2's fixed-point polygon fill, so they do not depend on
+    the CPU's float32 sin/cos, which the texture does; a change here means the dataset
+    (and every result in the README) changed."""
+    sample = render_image(0, 1_000_000, 64)
+    assert sample.objects == [
+        ("cross", (7.0, 25.0, 38.0, 51.0)),
+        ("triangle", (40.0, 40.0, 61.0, 63.0)),
+        ("star", (17.0, 12.0, 41.0, 35.0)),
+    ]
+    values, counts = np.unique(sample.mask, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist())) == {0: 2901, 3: 180, 4: 133, 6: 257, 255: 625}
 
 
 def test_layout_reads_back(tmp_path):

@@ -38,10 +38,19 @@ def test_to_tensor_normalises():
     assert x.shape == (3, 2, 3) and torch.allclose(x, torch.ones_like(x))
 
 
-def test_device_names():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
+@pytest.mark.parametrize("cuda", [False, True])
+def test_device_names(monkeypatch, cuda):
+    """``auto`` is CUDA exactly when CUDA is available, checked both ways on any machine
+    (torch.device("cuda:1") is only a name: nothing touches a GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_device("auto") == torch.device("cuda" if cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if cuda:
+        assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    else:
+        with pytest.raises(RuntimeError, match="device 'cuda:1' requested but CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="unknown device 'tpu'; valid: auto, cpu, cuda, cuda:<index>"):
         resolve_device("tpu")
 
 

@@ -13,7 +13,9 @@ over two boundary maps:
 
 and labelled with each background rule: IRN's constant plane (``refine.background:
 constant`` at each ``--thresholds``) and PSA's walked plane (``walked`` at each
-``--powers``). The seeds at ``postprocess.bg`` are the baseline. mIoU as the evaluate
+``--powers``). The seeds at ``postprocess.bg`` are the baseline. With ``--crf`` the
+seed masks and every label map of the trained boundary also go through the dense CRF of
+the run's ``crf`` section (no pixel left ignored), the ``+ crf`` rows. mIoU as the evaluate
 stage scores it (one confusion matrix, void ignored). A table on stdout, JSON in
 ``benchmarks/results/walk_diagnostics.json``.
 
@@ -23,6 +25,7 @@ stage scores it (one confusion matrix, void ignored). A table on stdout, JSON in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 from benchmarks._common import print_table, write_results
 from pipeline.cams import upsample_maps
+from pipeline.crf import refine_mask
 from pipeline.io import id_path, load_seeds
 from pipeline.metrics import confusion_matrix, mean_iou
 from pipeline.postprocess import seeds_to_mask
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.25, 0.35], help="IRN's bg_threshold values")
     parser.add_argument("--powers", type=float, nargs="+", default=[2.0, 4.0, 8.0], help="PSA's bg_power values")
     parser.add_argument("--name", default="walk_diagnostics", help="results file name")
+    parser.add_argument("--crf", action="store_true", help="also score the seeds' and the trained walk's labels after the dense CRF")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     results_dir = Path(args.out).resolve() if args.out else Path(__file__).resolve().parent / "results"
@@ -75,20 +80,31 @@ def main(argv: list[str] | None = None) -> dict:
 def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
     from stages.common import REFINED, SEEDS, load_index, load_params  # relative to the run folder
 
-    refine_p, post_p = load_params("refine", "postprocess")
+    refine_p, post_p, crf_p = load_params("refine", "postprocess", "crf")
+    crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
     index = load_index()
     voc = index.dataset("eval")
     ids = voc.ids[: args.limit]
     num_classes = len(index.classes) + 1
     rules = [("constant", t) for t in args.thresholds] + [("walked", p) for p in args.powers]
     configs = ["seeds"] + [f"{src} {rule} {v:g}" for src in ("trained", "oracle") for rule, v in rules]
+    if args.crf:
+        configs += ["seeds + crf"] + [f"trained {rule} {v:g} + crf" for rule, v in rules]
     confusion = {c: np.zeros((num_classes, num_classes), np.int64) for c in configs}
     for image_id in tqdm(ids, desc="walk diagnostics", unit="img"):
         maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
         mask = voc.load_mask(image_id, size)
         maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(class_ids)
         seeds = seeds_to_mask(upsample_maps(maps_t, size), classes_t, post_p.bg)
-        confusion["seeds"] += confusion_matrix(seeds, mask, num_classes)
+        image = voc.load_image(image_id) if args.crf else None
+
+        def score(name: str, labels: torch.Tensor) -> None:
+            confusion[name] += confusion_matrix(labels, mask, num_classes)
+            if args.crf and f"{name} + crf" in confusion:
+                refined = refine_mask(image, labels.cpu().numpy().astype(np.uint8), class_ids, crf_p)
+                confusion[f"{name} + crf"] += confusion_matrix(refined, mask, num_classes)
+
+        score("seeds", seeds)
         trained = np.asarray(Image.open(id_path(REFINED / "boundaries", image_id, ".png")), np.float32) / 255.0
         grid = trained.shape
         boundaries = {"trained": torch.from_numpy(trained), "oracle": oracle_boundary(mask, grid)}
@@ -97,14 +113,14 @@ def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
             walk = lambda planes: random_walk(planes, boundary, radius=refine_p.radius, beta=refine_p.beta, steps=refine_p.steps)
             walked = walk(grid_maps)
             for t in args.thresholds:
-                confusion[f"{src} constant {t:g}"] += confusion_matrix(walk_labels(walked, classes_t, size, t), mask, num_classes)
+                score(f"{src} constant {t:g}", walk_labels(walked, classes_t, size, t))
             for p in args.powers:
                 planes = torch.cat([background_plane(grid_maps, p), grid_maps])
-                confusion[f"{src} walked {p:g}"] += confusion_matrix(walked_labels(walk(planes), classes_t, size), mask, num_classes)
+                score(f"{src} walked {p:g}", walked_labels(walk(planes), classes_t, size))
     scores = {c: round(mean_iou(m), 4) for c, m in confusion.items()}
     print_table(["boundary / background rule", "mIoU"], [[c, v] for c, v in scores.items()])
     write_results(args.name, {"run": str(Path(args.run).resolve()), "num_images": len(ids), "radius": refine_p.radius,
-                              "beta": refine_p.beta, "steps": refine_p.steps, "seeds_bg": post_p.bg, "miou": scores},
+                              "beta": refine_p.beta, "steps": refine_p.steps, "seeds_bg": post_p.bg, "crf": args.crf, "miou": scores},
                   out_dir=results_dir)
     return scores
 

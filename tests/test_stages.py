@@ -439,8 +439,9 @@ def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):
     from benchmarks import walk_diagnostics
 
     scores = walk_diagnostics.main(["--run", str(pipeline_run), "--limit", "4", "--thresholds", "0.25", "--powers", "4",
-                                    "--out", str(tmp_path)])
-    assert set(scores) == {"seeds", "trained constant 0.25", "trained walked 4", "oracle constant 0.25", "oracle walked 4"}
+                                    "--crf", "--out", str(tmp_path)])
+    rows = {"seeds", "trained constant 0.25", "trained walked 4"}
+    assert set(scores) == rows | {f"{r} + crf" for r in rows} | {"oracle constant 0.25", "oracle walked 4"}
     assert all(0 <= v <= 1 for v in scores.values())
     out = json.loads((tmp_path / "walk_diagnostics.json").read_text())
     assert out["num_images"] == 4 and out["miou"] == scores

@@ -21,7 +21,8 @@ from pipeline.cams import upsample_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
-from pipeline.metrics import BoxScore, PseudoLabelScore, confusion_matrix, iou_by_name, iou_per_class, mean_iou
+from pipeline.metrics import (BoxScore, CamLocalizationScore, PseudoLabelScore, confusion_matrix, iou_by_name,
+                              iou_per_class, mean_iou)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.export import VOC_SUBDIR
@@ -30,6 +31,11 @@ from stages.common import CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABEL
 
 PSEUDO = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
 REFINED_LABELS = REFINED / VOC_SUBDIR / "SegmentationClass"
+
+
+def _round(value: float | None) -> float | None:
+    """4 digits; None (JSON null) for a missing ratio or NaN, which JSON cannot hold."""
+    return None if value is None or np.isnan(value) else round(float(value), 4)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -60,6 +66,7 @@ def main() -> None:
     pseudo = PseudoLabelScore(n)
     refined = PseudoLabelScore(n)
     box_scores = {name: BoxScore() for name in BOX_SETS}
+    cam_loc = CamLocalizationScore()
     scored = 0
     overlays = []
     for i in tqdm(range(len(voc)), desc="evaluate", unit="img"):
@@ -67,7 +74,10 @@ def main() -> None:
         image_id = sample.image_id
         for name, score in box_scores.items():
             pred = boxes[image_id][name]
-            score.update(np.array([b["box"] for b in pred], np.float32), np.array([b["class_id"] for b in pred]), sample.boxes, sample.box_labels)
+            pred_boxes, pred_labels = np.array([b["box"] for b in pred], np.float32), np.array([b["class_id"] for b in pred])
+            score.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
+            if name == "largest":
+                cam_loc.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
         if sample.mask is None:
             continue
         scored += 1
@@ -112,9 +122,13 @@ def main() -> None:
     for name, score in box_scores.items():
         s = score.summary()
         prefix = "" if name == "largest" else f"{name}_"
-        box_summary[f"{prefix}accuracy_iou50"] = round(s["accuracy_iou50"], 4)
-        box_summary[f"{prefix}mean_iou"] = round(s["mean_iou"], 4)
+        # best-match figures (GT-box recall, a prediction may serve many boxes), then one-to-one
+        for key in ("accuracy_iou50", "mean_iou", "precision_iou50", "recall_iou50", "f1_iou50"):
+            box_summary[f"{prefix}{key}"] = _round(s[key])
     box_summary["num_gt_boxes"] = box_scores["largest"].summary()["num_gt_boxes"]
+    cam = cam_loc.summary()
+    box_summary["cam_loc_acc"] = _round(cam["cam_loc_acc"])
+    box_summary["cam_loc_acc_image"] = _round(cam["cam_loc_acc_image"])
     box_summary["box_fraction"] = boxes_file["box_fraction"]
     write_json(METRICS / "boxes.json", box_summary)
 
@@ -130,9 +144,10 @@ def main() -> None:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
     log.info(
-        "seeds mIoU %.4f at bg %.2f | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %.4f",
+        "seeds mIoU %.4f at bg %.2f | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %s, "
+        "F1@0.5 %s, CAM loc acc %s",
         sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], refine_p.method,
-        refined.summary()["miou"], box_summary["accuracy_iou50"],
+        refined.summary()["miou"], box_summary["accuracy_iou50"], box_summary["f1_iou50"], box_summary["cam_loc_acc"],
     )
 
 

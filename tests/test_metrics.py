@@ -5,9 +5,13 @@ import pytest
 
 from pipeline.metrics import (
     BoxScore,
+    CamLocalizationScore,
     PseudoLabelScore,
     average_precision,
+    cam_localization,
     confusion_matrix,
+    greedy_match,
+    match_counts,
     iou_per_class,
     mean_average_precision,
     mean_iou,
@@ -65,8 +69,112 @@ def test_box_score_hand_case():
     out = s.summary()
     assert out["accuracy_iou50"] == pytest.approx(1 / 3)
     assert out["mean_iou"] == pytest.approx((0.5 + 0 + 0.32) / 3)
+    # one-to-one: class 1 pairs (gt0, pred0) 0.5 and (gt2, pred0) 0.32; only gt0-pred0 reaches 0.5.
+    # TP 1; FP: pred1 (class 1, nothing left), pred2 (class 3 absent) = 2; FN: gt1, gt2 = 2
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 2, 2)
+    assert out["precision_iou50"] == pytest.approx(1 / 3)
+    assert out["recall_iou50"] == pytest.approx(1 / 3)
+    assert out["f1_iou50"] == pytest.approx(2 / (2 + 2 + 2))
     s.update(np.zeros((0, 4)), np.zeros(0), np.array([[0, 0, 2, 2]]), np.array([0]))
     assert s.summary()["num_gt_boxes"] == 4
+    assert s.summary()["fn"] == 3
+
+
+A = [0, 0, 10, 10]  # area 100; boxes are half-open x0, y0, x1, y1 pixels
+
+
+def test_duplicate_prediction_is_one_tp_and_one_fp():
+    # two copies of the same perfect box on one ground-truth box: IoU 1 and 1
+    pred, pred_labels = np.array([A, A]), np.array([1, 1])
+    gt, gt_labels = np.array([A]), np.array([1])
+    assert match_counts(pred, pred_labels, gt, gt_labels) == (1, 1, 0)
+    s = BoxScore()
+    s.update(pred, pred_labels, gt, gt_labels)
+    out = s.summary()
+    # best-match accuracy does not see the duplicate; one-to-one precision does: 1 / (1 + 1)
+    assert out["accuracy_iou50"] == 1.0
+    assert (out["precision_iou50"], out["recall_iou50"]) == (0.5, 1.0)
+    assert out["f1_iou50"] == pytest.approx(2 / (2 + 1 + 0))
+
+
+def test_one_big_box_over_two_ground_truth_boxes():
+    gt, gt_labels = np.array([A, [10, 0, 20, 10]]), np.array([0, 0])
+    # [0, 0, 20, 10] covers both: with each, intersection 100, union 200 -> IoU 0.5 exactly (>= counts)
+    assert match_counts(np.array([[0, 0, 20, 10]]), [0], gt, gt_labels) == (1, 0, 1)
+    # [0, 0, 20, 12]: intersection 100, union 240 -> 0.4167 with each: no match
+    assert match_counts(np.array([[0, 0, 20, 12]]), [0], gt, gt_labels) == (0, 1, 2)
+    s = BoxScore()
+    s.update(np.array([[0, 0, 20, 10]]), [0], gt, gt_labels)
+    # best-match accuracy lets the one box serve both ground-truth boxes; recall does not
+    assert s.summary()["accuracy_iou50"] == 1.0
+    assert s.summary()["recall_iou50"] == 0.5
+
+
+def test_absent_class_is_fp_and_missed_class_is_fn():
+    # gt: class 0 at A, class 2 at [20, 20, 30, 30]; pred: class 0 at A (IoU 1), and the perfect
+    # geometry of the class-2 box but labelled class 1, a class absent from the image
+    gt, gt_labels = np.array([A, [20, 20, 30, 30]]), np.array([0, 2])
+    pred, pred_labels = np.array([A, [20, 20, 30, 30]]), np.array([0, 1])
+    assert match_counts(pred, pred_labels, gt, gt_labels) == (1, 1, 1)
+    s = BoxScore()
+    s.update(pred, pred_labels, gt, gt_labels)
+    # an image with a prediction and no ground-truth box: one more FP -> TP 1, FP 2, FN 1
+    s.update(np.array([A]), [5], np.zeros((0, 4)), np.zeros(0))
+    out = s.summary()
+    assert (out["tp"], out["fp"], out["fn"]) == (1, 2, 1)
+    assert out["precision_iou50"] == pytest.approx(1 / 3)
+    assert out["recall_iou50"] == pytest.approx(1 / 2)
+    assert out["f1_iou50"] == pytest.approx(2 / (2 + 2 + 1))  # = 2PR / (P + R) = (1/3) / (5/6) = 0.4
+
+
+def test_greedy_match_order_and_zero_denominators():
+    # descending IoU: (0, 1) 0.9 first, (0, 0) 0.6 skipped (row 0 taken), then (1, 0) 0.55
+    assert greedy_match(np.array([[0.6, 0.9], [0.55, 0.0]])) == [(0, 1), (1, 0)]
+    # greedy, not maximum: (0, 0) 0.9 blocks both others
+    assert greedy_match(np.array([[0.9, 0.6], [0.7, 0.0]])) == [(0, 0)]
+    assert greedy_match(np.array([[0.5, 0.4999]])) == [(0, 0)]
+    with pytest.raises(ValueError, match="IoU threshold"):
+        greedy_match(np.zeros((1, 1)), threshold=0)
+    out = BoxScore().summary()
+    assert out["precision_iou50"] is None and out["recall_iou50"] is None and out["f1_iou50"] is None
+    s = BoxScore()
+    s.update(np.array([A]), [0], np.zeros((0, 4)), np.zeros(0))  # predictions only: TP 0, FP 1
+    out = s.summary()
+    assert (out["precision_iou50"], out["recall_iou50"], out["f1_iou50"]) == (0.0, None, 0.0)
+
+
+def test_cam_localization_hand_case():
+    s = CamLocalizationScore()
+    # image 1: class 0 has two gt boxes, class 1 one; class 3 is predicted but absent (not scored)
+    gt, gt_labels = np.array([A, [20, 0, 30, 10], [0, 20, 10, 30]]), np.array([0, 0, 1])
+    pred = np.array([[20, 0, 30, 5], [5, 20, 15, 30], A])
+    pred_labels = np.array([0, 1, 3])
+    # class 0: IoU 0 with A, 50 / 100 = 0.5 with the second box -> correct (any gt box, >=)
+    # class 1: intersection 5 * 10 = 50, union 150 -> 1/3 -> wrong
+    assert cam_localization(pred, pred_labels, gt, gt_labels) == {0: True, 1: False}
+    s.update(pred, pred_labels, gt, gt_labels)
+    # image 2: class 2 exactly right
+    s.update(np.array([A]), [2], np.array([A]), [2])
+    # image 3: class 4 in the ground truth has no predicted box -> wrong
+    s.update(np.zeros((0, 4)), np.zeros(0), np.array([A]), [4])
+    # image 4: no ground-truth box -> not counted
+    s.update(np.array([A]), [0], np.zeros((0, 4)), np.zeros(0))
+    out = s.summary()
+    # pairs: 1 + 1 + 0 correct of 2 + 1 + 1; images: only image 2 has every class right, of 3
+    assert (out["num_pairs"], out["num_images"]) == (4, 3)
+    assert out["cam_loc_acc"] == pytest.approx(2 / 4)
+    assert out["cam_loc_acc_image"] == pytest.approx(1 / 3)
+
+
+def test_cam_localization_boundary_and_errors():
+    # [0, 0, 10, 5] in A: intersection 50, union 100 -> IoU 0.5 exactly: correct
+    assert cam_localization(np.array([[0, 0, 10, 5]]), [7], np.array([A]), [7]) == {7: True}
+    # [0, 0, 10, 4]: 40 / 100 = 0.4: wrong
+    assert cam_localization(np.array([[0, 0, 10, 4]]), [7], np.array([A]), [7]) == {7: False}
+    with pytest.raises(ValueError, match="one predicted box per class"):
+        cam_localization(np.array([A, A]), [7, 7], np.array([A]), [7])
+    out = CamLocalizationScore().summary()
+    assert out["cam_loc_acc"] is None and out["cam_loc_acc_image"] is None
 
 
 def test_average_precision_hand_case():

@@ -76,7 +76,8 @@ def test_outputs_of_every_stage(pipeline_run):
     pl_m = json.loads((cwd / "metrics/pseudo_labels.json").read_text())
     assert set(pl_m) >= {"miou", "miou_labeled", "labeled_fraction"}
     boxes_m = json.loads((cwd / "metrics/boxes.json").read_text())
-    assert set(boxes_m) >= {"accuracy_iou50", "mean_iou", "components_accuracy_iou50"}
+    assert set(boxes_m) >= {"accuracy_iou50", "mean_iou", "components_accuracy_iou50", "f1_iou50", "union_precision_iou50",
+                            "cam_loc_acc", "cam_loc_acc_image"}
     faith = json.loads((cwd / "metrics/faithfulness.json").read_text())
     assert faith["method"] == "gradcam" and faith["versus"] == "gradcampp" and faith["num_pairs"] >= 4
     assert 0 <= faith["average_drop"] <= 100 and 0 <= faith["win"] <= 100
@@ -445,3 +446,22 @@ def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):
     assert all(0 <= v <= 1 for v in scores.values())
     out = json.loads((tmp_path / "walk_diagnostics.json").read_text())
     assert out["num_images"] == 4 and out["miou"] == scores
+
+
+def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
+    """segment.processes: 2 relaunches the stage under torchrun (DDP, gloo on the CPU); the
+    checkpoint is saved unwrapped and loads as the one-process one does."""
+    import shutil
+
+    import torch
+
+    from pipeline.segment import load_segmenter
+
+    shutil.copytree(pipeline_run / "data/prepared", tmp_path / "data/prepared", symlinks=True)
+    write_params(tmp_path, {**TINY, "segment": {**TINY["segment"], "epochs": 2, "processes": 2}})
+    result = run_stage(tmp_path, "segment_reference")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics/segment_reference.json").read_text())
+    assert metrics["processes"] == 2 and 0 <= metrics["miou"] <= 1
+    model, ckpt = load_segmenter(tmp_path / "models/segmenter_gt.pt", torch.device("cpu"))
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])

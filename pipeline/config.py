@@ -23,6 +23,7 @@ __all__ = [
     "CrfParams",
     "EvaluateParams",
     "SegmentParams",
+    "NO_LIST",
     "SEGMENT_ARCHITECTURES",
     "AffinityParams",
     "RefineParams",
@@ -70,7 +71,8 @@ class DataParams:
     train_list: str = field("train", nonempty=True)  # ids the classifier trains on and pseudo-labels are made for
     val_list: str = field("val", nonempty=True)  # ids the classifier's mAP is measured on
     eval_list: str = field("train", nonempty=True)  # ids with ground truth that seeds and pseudo-labels are scored on
-    seg_val_list: str = field("val", nonempty=True)  # held-out ids with masks the segmenter is scored on (none in train_list)
+    seg_val_list: str = field("val", nonempty=True)  # held-out ids with masks the segmenter is scored on (none in
+    # train_list); NO_LIST ("none"): no held-out set (the segment stage trains and saves, and scores nothing)
     use_difficult: bool = False
     verify_images: bool = True
     builtin: BuiltinParams = BuiltinParams()
@@ -214,6 +216,9 @@ class EvaluateParams:
     faithfulness: bool = False  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcam"
     faithfulness_max_images: int = field(200, ge=1)
+
+
+NO_LIST = "none"  # data.seg_val_list: no held-out set
 
 
 # segmentation_models_pytorch architectures the segment stage builds (checked again against the library)

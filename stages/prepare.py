@@ -7,7 +7,8 @@ from tqdm import tqdm
 
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
-from pipeline.data.voc import VOCDataset, find_voc_root
+from pipeline.config import NO_LIST
+from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
 from pipeline.io import atomic_dir, write_json
 from stages.common import INDEX_FILE, load_params, log, run
 
@@ -30,7 +31,15 @@ def main() -> None:
         classes = None
         lists = (("train", data.train_list), ("val", data.val_list), ("eval", data.eval_list), ("seg_val", data.seg_val_list))
         for split, ids in lists:
-            voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult)
+            if split == "seg_val" and ids == NO_LIST:
+                splits[split], skipped[split] = [], []
+                continue
+            try:
+                voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult)
+            except DatasetError as err:
+                key = {"train": "train_list", "val": "val_list", "eval": "eval_list", "seg_val": "seg_val_list"}[split]
+                hint = f" (or {NO_LIST!r}: no held-out set for the segment stage)" if split == "seg_val" else ""
+                raise DatasetError(f"data.{key}: {err}{hint}") from None
             classes = voc.classes
             entries, dropped = index_split(voc, verify_images=data.verify_images, progress=tqdm)
             if dropped:

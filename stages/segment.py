@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.config import SegmentParams
+from pipeline.config import NO_LIST, SegmentParams
 from pipeline.data.index import DatasetIndex
 from pipeline.export import VOC_SUBDIR
 from pipeline.io import atomic_path, id_path, read_json, write_json
@@ -134,14 +134,19 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
 
     val_ids = index.splits["seg_val"]
     start = time.perf_counter()
-    confusion = score_segmenter(model, index.dataset("seg_val"), [[val_ids[i] for i in b] for b in index.size_grouped_batches(val_ids, p.batch_size)],
-                                num_classes=len(class_names), mean=mean, std=std, device=device, scales=p.scales, flip=p.flip,
-                                crf=p.crf, amp=amp, progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
+    if not val_ids:
+        log.warning("data.seg_val_list is %r: no held-out ids, so the segmenter is saved but not scored", NO_LIST)
+        confusion = np.zeros((len(class_names), len(class_names)), np.int64)
+    else:
+        batches = [[val_ids[i] for i in b] for b in index.size_grouped_batches(val_ids, p.batch_size)]
+        confusion = score_segmenter(model, index.dataset("seg_val"), batches, num_classes=len(class_names), mean=mean, std=std,
+                                    device=device, scales=p.scales, flip=p.flip, crf=p.crf, amp=amp,
+                                    progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
     score_seconds = time.perf_counter() - start
-    miou = mean_iou(confusion)
+    miou = mean_iou(confusion) if val_ids else None
     metrics = {
-        "miou": round(miou, 4),
-        "pixel_accuracy": round(float(np.trace(confusion) / max(confusion.sum(), 1)), 4),
+        "miou": None if miou is None else round(miou, 4),  # JSON null: nothing scored
+        "pixel_accuracy": round(float(np.trace(confusion) / confusion.sum()), 4) if val_ids else None,
         "label_source": label_source,
         "labels": "gt" if label_source == "gt" else export,
         "num_val_images": len(val_ids),
@@ -149,9 +154,10 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
         "processes": info.world_size,
         "recipe": recipe_digest(p),
     }
-    if not reference:
+    if not reference and miou is not None:
         metrics.update(_ratio(miou, p))
-    metrics.update(iou_by_name(iou_per_class(confusion), class_names))
+    if val_ids:
+        metrics.update(iou_by_name(iou_per_class(confusion), class_names))
 
     out = SEGMENTER_REFERENCE if reference else SEGMENTER
     # through a file object, as in the train stage: a path would put the random temporary name into the archive
@@ -171,8 +177,8 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
             "label_source": label_source,
         }, f)
     write_json(SEGMENT_REFERENCE_METRICS if reference else SEGMENT_METRICS, metrics)
-    log.info("%s: val mIoU %.4f on %d held-out images (training %.0f s, scoring %.0f s) -> %s", "segment_reference" if reference else "segment",
-             miou, len(val_ids), train_seconds, score_seconds, out)
+    log.info("%s: val mIoU %s on %d held-out images (training %.0f s, scoring %.0f s) -> %s", "segment_reference" if reference else "segment",
+             metrics["miou"], len(val_ids), train_seconds, score_seconds, out)
 
 
 def _ratio(miou: float, p: SegmentParams) -> dict:

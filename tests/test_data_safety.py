@@ -124,7 +124,7 @@ def _escape_setup(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     rel = os.path.relpath(escape / "x", root / "JPEGImages")
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text(f"a\n{rel}\nb\n")
-    write_params(project, {"data": {"source": "voc", "root": str(root), "val_list": "train"}})
+    write_params(project, {"data": {"source": "voc", "root": str(root), "val_list": "train", "seg_val_list": "none"}})
     return project, escape, user_mask
 
 

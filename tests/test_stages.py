@@ -123,7 +123,7 @@ def _voc_source(tmp_path: Path) -> Path:
         write_label_png(root / "SegmentationClass" / f"{i}.png", mask)
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\nc\n")
-    write_params(tmp_path, {"data": {"source": "voc", "root": str(tmp_path), "val_list": "train"}})
+    write_params(tmp_path, {"data": {"source": "voc", "root": str(tmp_path), "val_list": "train", "seg_val_list": "none"}})
     return root
 
 
@@ -134,6 +134,16 @@ def test_voc_source_skips_unlabeled_and_counts_it(tmp_path):
     assert "skipped 1 image(s) with no labels: c" in result.stderr
     index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     assert index["splits"]["train"] == ["a", "b"] and index["skipped"]["train"] == ["c"]
+    assert index["splits"]["seg_val"] == []  # seg_val_list: none
+
+
+def test_voc_source_without_the_held_out_list_names_the_key(tmp_path):
+    _voc_source(tmp_path)
+    write_params(tmp_path, {"data": {"source": "voc", "root": str(tmp_path), "val_list": "train"}})  # seg_val_list: val
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 1
+    assert "data.seg_val_list: id list 'val' not found" in result.stderr and "'none'" in result.stderr
+    assert not (tmp_path / "data/prepared").exists()
 
 
 @pytest.mark.parametrize(
@@ -363,7 +373,7 @@ def test_a_4000x3000_image_runs_through_the_stages(pipeline_run, tmp_path):
     (root / "classes.txt").write_text("\n".join(json.loads((pipeline_run / "data/prepared/dataset.json").read_text())["classes"]) + "\n")
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("big\n")
-    params = {**TINY, "data": {"source": "voc", "root": str(root), "val_list": "train"},
+    params = {**TINY, "data": {"source": "voc", "root": str(root), "val_list": "train", "seg_val_list": "none"},
               "cam": {**TINY["cam"], "scales": [1.0], "flip": False, "batch_size": 1}}
     write_params(tmp_path, params)
     import shutil

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 from torchvision.ops import box_iou
@@ -29,6 +30,12 @@ __all__ = [
     "ratio",
     "BoxScore",
     "CamLocalizationScore",
+    "WSOL_THRESHOLDS",
+    "WSOL_IOUS",
+    "normalize_map",
+    "component_boxes",
+    "MaxBoxAccScore",
+    "PxAPScore",
     "average_precision",
     "mean_average_precision",
 ]
@@ -325,6 +332,159 @@ class CamLocalizationScore:
             "num_pairs": self.num_pairs,
             "num_images": self.num_images,
         }
+
+
+WSOL_THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.01), 2)  # wsolevaluation's cam_curve_interval 0.01
+WSOL_IOUS = (0.3, 0.5, 0.7)  # MaxBoxAccV2's IoU thresholds (MaxBoxAcc: 0.5 alone)
+
+
+def normalize_map(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max normalisation of one map to [0, 1] (wsolevaluation's ``normalize_scoremap``);
+    a constant map becomes all zeros."""
+    cam = cam.float()
+    lo, hi = cam.min(), cam.max()
+    return (cam - lo) / (hi - lo) if hi > lo else torch.zeros_like(cam)
+
+
+def component_boxes(region: np.ndarray) -> tuple[np.ndarray, int]:
+    """Half-open ``x0, y0, x1, y1`` boxes ``(C, 4)`` of the 8-connected components of a
+    binary ``(H, W)`` map, and the index of the largest by pixel count (-1 when empty)."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(region, np.uint8), connectivity=8)
+    if count <= 1:
+        return np.zeros((0, 4), np.float32), -1
+    x, y, w, h, area = (stats[1:, k] for k in range(5))
+    return np.stack([x, y, x + w, y + h], axis=1).astype(np.float32), int(np.argmax(area))
+
+
+class MaxBoxAccScore:
+    """wsolevaluation's MaxBoxAcc and MaxBoxAccV2 (Choe et al., CVPR 2020, "Evaluating Weakly
+    Supervised Object Localization Methods Right", https://arxiv.org/abs/2001.07437), per
+    (image, class with a ground-truth box), the class known (GT-known).
+
+    Each class map is min-max normalised (:func:`normalize_map`) and cut at every threshold
+    ``t`` of :data:`WSOL_THRESHOLDS` (0, 0.01, ..., 0.99; a pixel is in when its value is
+    >= t). At each ``t`` and IoU ``d``, BoxAcc(t, d) is the share of pairs where a box of
+    the cut map has IoU >= d with any ground-truth box of the class:
+
+    - MaxBoxAcc: the box around the largest 8-connected component, d = 0.5; the best t.
+    - MaxBoxAccV2: a box around each component (any one may hit), the best t for each
+      d in :data:`WSOL_IOUS` on its own, averaged over the three d.
+
+    A class with a ground-truth box but no map (or an empty cut) misses at that t.
+    Differences from wsolevaluation's code: components are 8-connected pixel sets and the
+    largest is by pixel count (its code takes contours and ``cv2.contourArea``), and boxes
+    are half-open pixel boxes (IoU by :func:`same_class_iou`), where its boxes are
+    inclusive.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = WSOL_THRESHOLDS, ious: Sequence[float] = WSOL_IOUS) -> None:
+        for d in ious:
+            _check_threshold(d)
+        if 0.5 not in ious:
+            raise ValueError(f"ious must include 0.5 (MaxBoxAcc), got {list(ious)}")
+        self.thresholds = np.asarray(thresholds, np.float32)
+        self.ious = tuple(float(d) for d in ious)
+        self.largest_hits = np.zeros((len(self.thresholds), len(self.ious)), np.int64)
+        self.any_hits = np.zeros_like(self.largest_hits)
+        self.num_pairs = 0
+
+    def update(self, maps: torch.Tensor, class_ids: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray) -> None:
+        """One image: ``maps (K, H, W)`` at image resolution for ``class_ids (K,)``; boxes
+        ``(G, 4)`` half-open with labels ``(G,)``."""
+        gt_boxes, gt_labels = _as_boxes(gt_boxes, gt_labels, "ground truth")
+        class_ids = np.asarray(class_ids).reshape(-1)
+        if maps.dim() != 3 or maps.shape[0] != class_ids.size:
+            raise ValueError(f"maps {tuple(maps.shape)} do not match class ids {class_ids.tolist()}")
+        levels = torch.as_tensor(self.thresholds)[:, None, None]
+        d = np.asarray(self.ious)
+        for c in np.unique(gt_labels).tolist():
+            self.num_pairs += 1
+            k = np.nonzero(class_ids == c)[0]
+            if k.size == 0:
+                continue
+            cuts = (normalize_map(maps[int(k[0])]).cpu()[None] >= levels).numpy()
+            gt = gt_boxes[torch.from_numpy(gt_labels == c)]
+            for t, region in enumerate(cuts):
+                boxes, largest = component_boxes(region)
+                if largest < 0:
+                    continue
+                best = box_iou(torch.from_numpy(boxes), gt).numpy().max(axis=1)
+                self.largest_hits[t] += best[largest] >= d
+                self.any_hits[t] += best.max() >= d
+
+    def curves(self) -> dict[str, np.ndarray]:
+        """BoxAcc against the threshold: ``largest_iou50`` and ``any_iou30`` etc., each ``(T,)``."""
+        n = max(self.num_pairs, 1)
+        out = {"largest_iou50": self.largest_hits[:, self.ious.index(0.5)] / n}
+        for j, d in enumerate(self.ious):
+            out[f"any_iou{round(d * 100)}"] = self.any_hits[:, j] / n
+        return out
+
+    def summary(self) -> dict[str, float | int | None]:
+        if self.num_pairs == 0:
+            return {"max_box_acc": None, "max_box_acc_threshold": None, "max_box_acc_v2": None,
+                    **{f"max_box_acc_v2_iou{round(d * 100)}": None for d in self.ious}, "num_pairs": 0}
+        curves = self.curves()
+        best = int(np.argmax(curves["largest_iou50"]))
+        per_iou = {f"max_box_acc_v2_iou{round(d * 100)}": float(curves[f"any_iou{round(d * 100)}"].max()) for d in self.ious}
+        return {"max_box_acc": float(curves["largest_iou50"][best]), "max_box_acc_threshold": float(self.thresholds[best]),
+                "max_box_acc_v2": float(np.mean(list(per_iou.values()))), **per_iou, "num_pairs": self.num_pairs}
+
+
+class PxAPScore:
+    """wsolevaluation's PxAP: the area under the pixel precision-recall curve of the maps
+    against the masks, over the thresholds of :data:`WSOL_THRESHOLDS` (threshold-free).
+
+    Per (image, class with a map): the min-max normalised map (:func:`normalize_map`)
+    scores every pixel; the class's pixels of the mask are positives, every other
+    non-void pixel a negative (void 255 is left out). Counts are summed over the dataset
+    per threshold, then at each threshold ``t`` (a pixel is predicted when its value is
+    >= t) precision = TP / (TP + FP) and recall = TP / positives, and
+    ``PxAP = sum_t precision(t) * (recall(t) - recall(t + 1))`` from the highest
+    threshold down (``recall`` above the highest is 0; a threshold that predicts
+    nothing adds nothing). Histograms stay on the maps' device.
+    """
+
+    def __init__(self, thresholds: Sequence[float] = WSOL_THRESHOLDS) -> None:
+        self.thresholds = np.asarray(thresholds, np.float32)
+        if self.thresholds.ndim != 1 or self.thresholds.size == 0 or (np.diff(self.thresholds) <= 0).any():
+            raise ValueError("thresholds must be a non-empty ascending sequence")
+        self.positive = np.zeros(len(self.thresholds), np.int64)  # pixels per bin [t_i, t_i+1)
+        self.negative = np.zeros_like(self.positive)
+
+    def update(self, maps: torch.Tensor, class_ids: np.ndarray, mask: np.ndarray | torch.Tensor) -> None:
+        """One image: ``maps (K, H, W)`` for ``class_ids (K,)``, ``mask (H, W)`` with 0
+        background, ``c + 1`` class ``c``, 255 void."""
+        mask = torch.as_tensor(mask).to(maps.device).long()
+        if maps.dim() != 3 or tuple(maps.shape[1:]) != tuple(mask.shape):
+            raise ValueError(f"maps {tuple(maps.shape)} and mask {tuple(mask.shape)} must share (H, W)")
+        edges = torch.as_tensor(self.thresholds, device=maps.device)
+        valid = mask != IGNORE_INDEX
+        n = len(self.thresholds)
+        for cam, c in zip(maps, np.asarray(class_ids).reshape(-1).tolist()):
+            bins = torch.bucketize(normalize_map(cam), edges, right=True) - 1  # largest i with t_i <= value; -1 below t_0
+            keep = valid & (bins >= 0)
+            target = mask == c + 1
+            self.positive += torch.bincount(bins[keep & target], minlength=n).cpu().numpy()
+            self.negative += torch.bincount(bins[keep & ~target], minlength=n).cpu().numpy()
+
+    def curve(self) -> dict[str, np.ndarray]:
+        """``precision`` and ``recall`` at each threshold (ascending thresholds; NaN precision
+        where nothing is predicted)."""
+        tp = self.positive[::-1].cumsum()[::-1]
+        fp = self.negative[::-1].cumsum()[::-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = tp / (tp + fp)
+        recall = tp / max(int(self.positive.sum()), 1)
+        return {"precision": precision, "recall": recall}
+
+    def summary(self) -> dict[str, float | None]:
+        if self.positive.sum() == 0:
+            return {"pxap": None}
+        curve = self.curve()
+        precision, recall = curve["precision"][::-1], curve["recall"][::-1]  # from the highest threshold down
+        steps = np.diff(np.r_[0.0, recall])
+        return {"pxap": float(np.sum(np.where(steps > 0, precision, 0.0) * steps))}
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 against ground truth.
 
 Writes metrics/{seeds,masks,pseudo_labels,refined,boxes}.json, plots/bg_sweep.csv,
-plots/per_class_iou.csv and a few overlays in plots/overlays/ (image, seed heat map,
+plots/per_class_iou.csv, plots/max_box_acc.csv (BoxAcc against the map threshold),
+plots/pxap.csv (the seeds' pixel precision-recall curve) and a few overlays in plots/overlays/ (image, seed heat map,
 seed mask, CRF labels, refined labels, ground truth).
 """
 
@@ -21,8 +22,8 @@ from pipeline.cams import upsample_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
-from pipeline.metrics import (BoxScore, CamLocalizationScore, PseudoLabelScore, confusion_matrix, iou_by_name,
-                              iou_per_class, mean_iou)
+from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
+                              iou_by_name, iou_per_class, mean_iou)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.export import VOC_SUBDIR
@@ -67,6 +68,8 @@ def main() -> None:
     refined = PseudoLabelScore(n)
     box_scores = {name: BoxScore() for name in BOX_SETS}
     cam_loc = CamLocalizationScore()
+    max_box_acc = MaxBoxAccScore()
+    pxap = PxAPScore()
     scored = 0
     overlays = []
     for i in tqdm(range(len(voc)), desc="evaluate", unit="img"):
@@ -78,12 +81,14 @@ def main() -> None:
             score.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
             if name == "largest":
                 cam_loc.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
+        maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
+        full = upsample_maps(torch.from_numpy(maps).float(), size)
+        max_box_acc.update(full, class_ids, sample.boxes, sample.box_labels)
         if sample.mask is None:
             continue
         scored += 1
         gt = torch.from_numpy(sample.mask)
-        maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-        full = upsample_maps(torch.from_numpy(maps).float(), size)
+        pxap.update(full, class_ids, sample.mask)
         fg_score, fg_label = foreground(full, torch.from_numpy(class_ids))
         for t, bg in enumerate(thresholds):
             sweep[t] += confusion_matrix(labels_at_threshold(fg_score, fg_label, float(bg)), gt, n)
@@ -108,6 +113,7 @@ def main() -> None:
         "miou_at_best_bg": round(float(sweep_miou[best]), 4),
         "best_bg": float(thresholds[best]),
         "miou_at_params_bg": round(float(mean_iou(masks_cm)), 4),
+        "pxap": _round(pxap.summary()["pxap"]),
         "num_images": scored,
         **iou_by_name(seeds_iou, names),
     })
@@ -130,7 +136,14 @@ def main() -> None:
     box_summary["cam_loc_acc"] = _round(cam["cam_loc_acc"])
     box_summary["cam_loc_acc_image"] = _round(cam["cam_loc_acc_image"])
     box_summary["box_fraction"] = boxes_file["box_fraction"]
+    box_summary.update({k: v if k == "num_pairs" else _round(v) for k, v in max_box_acc.summary().items() if k != "num_pairs"})
     write_json(METRICS / "boxes.json", box_summary)
+    box_curves = max_box_acc.curves()
+    _write_csv(PLOTS / "max_box_acc.csv", ["threshold", *box_curves],
+               [[float(t), *(round(float(c[i]), 4) for c in box_curves.values())] for i, t in enumerate(max_box_acc.thresholds)])
+    pr = pxap.curve()
+    _write_csv(PLOTS / "pxap.csv", ["threshold", "recall", "precision"],
+               [[float(t), round(float(r), 4), _round(p)] for t, r, p in zip(pxap.thresholds, pr["recall"], pr["precision"])])
 
     _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
     _write_csv(
@@ -144,10 +157,11 @@ def main() -> None:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
     log.info(
-        "seeds mIoU %.4f at bg %.2f | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %s, "
-        "F1@0.5 %s, CAM loc acc %s",
-        sweep_miou[best], thresholds[best], mean_iou(masks_cm), pseudo.summary()["miou"], refine_p.method,
-        refined.summary()["miou"], box_summary["accuracy_iou50"], box_summary["f1_iou50"], box_summary["cam_loc_acc"],
+        "seeds mIoU %.4f at bg %.2f, PxAP %s | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %s, "
+        "F1@0.5 %s, CAM loc acc %s, MaxBoxAcc %s, MaxBoxAccV2 %s",
+        sweep_miou[best], thresholds[best], _round(pxap.summary()["pxap"]), mean_iou(masks_cm), pseudo.summary()["miou"],
+        refine_p.method, refined.summary()["miou"], box_summary["accuracy_iou50"], box_summary["f1_iou50"],
+        box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"],
     )
 
 

@@ -2,10 +2,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.metrics import (
     BoxScore,
     CamLocalizationScore,
+    MaxBoxAccScore,
+    PxAPScore,
     PseudoLabelScore,
     average_precision,
     cam_localization,
@@ -190,3 +193,86 @@ def test_average_precision_hand_case():
     scores = np.array([[0.9, 0.1], [0.2, 0.8]])
     targets = np.array([[1, 0], [0, 1]])
     assert mean_average_precision(scores, targets) == 1.0
+
+
+def _blobs(h, w, blobs):
+    cam = torch.zeros(h, w)
+    for (y0, y1, x0, x1), value in blobs:
+        cam[y0:y1, x0:x1] = value
+    return cam
+
+
+def test_max_box_acc_hand_case():
+    # class 0: one 4x4 blob of 1.0 (box [2, 2, 6, 6]) and a 2x2 blob of 0.6; ground truth [2, 2, 6, 8],
+    #   IoU 16 / 24 = 0.667 with the blob's box: a hit at IoU 0.3 and 0.5, a miss at 0.7.
+    # class 1: a 5x10 blob of 0.8 (the largest component, box [0, 0, 10, 5]) and a 2x2 blob of 1.0
+    #   on its ground truth [7, 7, 9, 9]: the largest misses, another component hits at every IoU.
+    # class 2 (second image): a ground-truth box but no map: a miss everywhere.
+    # At t = 0 every map is one whole-image box: IoU 24 / 100, 4 / 100: all miss.
+    score = MaxBoxAccScore(thresholds=[0.0, 0.5, 0.7])
+    maps = torch.stack([_blobs(10, 10, [((2, 6, 2, 6), 1.0), ((8, 10, 8, 10), 0.6)]),
+                        _blobs(10, 10, [((0, 5, 0, 10), 0.8), ((7, 9, 7, 9), 1.0)])])
+    score.update(maps, np.array([0, 1]), np.array([[2, 2, 6, 8], [7, 7, 9, 9]]), np.array([0, 1]))
+    score.update(torch.zeros(0, 10, 10), np.array([], int), np.array([[0, 0, 5, 5]]), np.array([2]))
+    curves = score.curves()
+    np.testing.assert_allclose(curves["largest_iou50"], [0, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(curves["any_iou30"], [0, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(curves["any_iou70"], [0, 1 / 3, 1 / 3])
+    s = score.summary()
+    assert s["num_pairs"] == 3
+    assert s["max_box_acc"] == pytest.approx(1 / 3) and s["max_box_acc_threshold"] == 0.5
+    assert s["max_box_acc_v2_iou50"] == pytest.approx(2 / 3)
+    assert s["max_box_acc_v2"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+
+
+def test_max_box_acc_normalises_each_map_and_empty_summary():
+    # the same map scaled and shifted gives the same curve (min-max normalisation)
+    cam = _blobs(8, 8, [((1, 4, 1, 4), 1.0), ((5, 7, 5, 7), 0.4)])
+    curves = []
+    for m in (cam, cam * 3 + 2):
+        score = MaxBoxAccScore()
+        score.update(m[None], np.array([4]), np.array([[5, 5, 7, 7]]), np.array([4]))
+        curves.append(score.curves()["any_iou50"])
+    np.testing.assert_array_equal(curves[0], curves[1])
+    assert curves[0][40] == 1 and curves[0][41] == 0  # the 0.4 blob is in up to t = 0.40
+    assert MaxBoxAccScore().summary()["max_box_acc"] is None
+    with pytest.raises(ValueError, match="0.5"):
+        MaxBoxAccScore(ious=(0.3, 0.7))
+
+
+def test_pxap_hand_case():
+    # scores 1.0 (class), 0.8 (background), 0.3 (class), 0.0 (background), and 0.9 on void (left out).
+    # From the top: t 0.99 P 1 R 1/2; t 0.80 P 1/2 R 1/2; t 0.30 P 2/3 R 1 -> AP = 1/2 + 2/3 * 1/2
+    cam = torch.tensor([[[1.0, 0.8, 0.9], [0.3, 0.0, 0.0]]])
+    mask = np.array([[1, 0, 255], [1, 0, 255]])
+    score = PxAPScore()
+    score.update(cam, np.array([0]), mask)
+    assert score.summary()["pxap"] == pytest.approx(0.5 + (2 / 3) * 0.5)
+    curve = score.curve()
+    assert curve["recall"][0] == 1 and curve["precision"][0] == pytest.approx(0.5)
+    assert PxAPScore().summary()["pxap"] is None
+
+
+def test_pxap_against_a_slow_reference():
+    gen = torch.Generator().manual_seed(0)
+    thresholds = np.round(np.arange(0, 1, 0.1), 1)
+    score = PxAPScore(thresholds)
+    pairs = []
+    for _ in range(3):
+        maps = torch.rand(2, 7, 9, generator=gen)
+        mask = torch.randint(0, 4, (7, 9), generator=gen).numpy()
+        mask[0, :3] = 255
+        score.update(maps, np.array([0, 2]), mask)
+        for cam, c in zip(maps, (0, 2)):
+            norm = ((cam - cam.min()) / (cam.max() - cam.min())).numpy()
+            pairs.append((norm[mask != 255], mask[mask != 255] == c + 1))
+    # the PR curve by brute force: at each threshold from the top, count predicted pixels
+    ap, last_recall = 0.0, 0.0
+    positives = sum(int(t.sum()) for _, t in pairs)
+    for t in thresholds[::-1]:
+        tp = sum(int(((v >= np.float32(t)) & y).sum()) for v, y in pairs)
+        predicted = sum(int((v >= np.float32(t)).sum()) for v, _ in pairs)
+        if predicted:
+            ap += tp / predicted * (tp / positives - last_recall)
+            last_recall = tp / positives
+    assert score.summary()["pxap"] == pytest.approx(ap, abs=1e-12)

@@ -78,6 +78,22 @@ def test_outputs_of_every_stage(pipeline_run):
     boxes_m = json.loads((cwd / "metrics/boxes.json").read_text())
     assert set(boxes_m) >= {"accuracy_iou50", "mean_iou", "components_accuracy_iou50", "f1_iou50", "union_precision_iou50",
                             "cam_loc_acc", "cam_loc_acc_image"}
+    curve = np.genfromtxt(cwd / "plots/max_box_acc.csv", delimiter=",", names=True)
+    assert len(curve) == 100 and curve["threshold"][1] == pytest.approx(0.01)
+    assert boxes_m["max_box_acc"] == pytest.approx(curve["largest_iou50"].max(), abs=1e-4)
+    assert boxes_m["max_box_acc_v2"] == pytest.approx(np.mean([curve[f"any_iou{d}"].max() for d in (30, 50, 70)]), abs=1e-4)
+    assert 0 < seeds_m["pxap"] <= 1
+    # the pseudo-label mIoU recomputed here from the written PNGs and the true masks (one confusion matrix)
+    n = 1 + len(index["classes"])
+    confusion = np.zeros((n, n), np.int64)
+    for image_id in index["splits"]["eval"]:
+        gt = read_label_png(cwd / index["root"] / "SegmentationClass" / f"{image_id}.png").astype(np.int64)
+        pred = read_label_png(labels_dir / f"{image_id}.png").astype(np.int64)
+        pred[pred == 255] = 0
+        keep = gt != 255
+        np.add.at(confusion, (gt[keep], pred[keep]), 1)
+    inter, union = np.diag(confusion), confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+    assert pl_m["miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]), abs=1e-4)
     faith = json.loads((cwd / "metrics/faithfulness.json").read_text())
     assert faith["method"] == "gradcam" and faith["versus"] == "gradcampp" and faith["num_pairs"] >= 4
     assert 0 <= faith["average_drop"] <= 100 and 0 <= faith["win"] <= 100

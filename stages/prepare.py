@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
-from pipeline.config import NO_LIST
+from pipeline.config import BUILTIN_ROOT, NO_LIST, ConfigError
 from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
 from pipeline.io import atomic_dir, write_json
 from stages.common import INDEX_FILE, load_params, log, run
@@ -26,6 +26,9 @@ def main() -> None:
             # the index must name the root where it will live after the rename
             scan_root, final_root = find_voc_root(tmp / "builtin"), OUT / "builtin" / "VOCdevkit" / "VOC2012"
         else:
+            if data.root == BUILTIN_ROOT:
+                raise ConfigError(f"data.source is voc but data.root is still the built-in generator ({BUILTIN_ROOT}); "
+                                  "set data.root to a VOC2012 folder or one holding VOCdevkit/ (make data-voc: data/VOCdevkit)")
             scan_root = final_root = find_voc_root(data.root)
         splits, images, skipped = {}, {}, {}
         classes = None

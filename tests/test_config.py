@@ -109,3 +109,25 @@ def test_shipped_params_files_validate(name):
     for amp in (train.amp, cam.amp):
         amp_dtype(amp, torch.device("cpu"))
     assert train.optimizer in ("sgd", "adamw") and train.schedule in ("poly", "cosine", "constant")
+
+
+def test_params_yaml_lists_every_key_with_the_dataclass_default():
+    """One source of truth: params.yaml (what `make repro` runs) names every key of every section,
+    and each value equals the dataclass default, so a stage run without params.yaml behaves the same."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from stages.common import SECTIONS
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert set(shipped) == set(SECTIONS)
+
+    def check(cls, values, where):
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert set(values) == names, f"{where}: missing {sorted(names - set(values))}, extra {sorted(set(values) - names)}"
+        assert from_dict(cls, values, where) == cls(), f"{where}: params.yaml and the defaults of {cls.__name__} differ"
+
+    for name, cls in SECTIONS.items():
+        check(cls, shipped[name], name)

@@ -143,6 +143,13 @@ def _voc_source(tmp_path: Path) -> Path:
     return root
 
 
+def test_voc_source_without_a_root_says_so(tmp_path):
+    write_params(tmp_path, {"data": {"source": "voc"}})
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 1 and "data.source is voc but data.root is still the built-in generator" in result.stderr
+    assert not (tmp_path / "data/prepared").exists()
+
+
 def test_voc_source_skips_unlabeled_and_counts_it(tmp_path):
     _voc_source(tmp_path)
     result = run_stage(tmp_path, "prepare")

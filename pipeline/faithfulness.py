@@ -64,39 +64,43 @@ def compare_explanations(
     model: torch.nn.Module,
     images01: torch.Tensor,
     class_ids: Sequence[Sequence[int]],
-    maps: Sequence[torch.Tensor],
     *,
+    method: str,
     versus: str,
     mean: Sequence[float],
     std: Sequence[float],
     **explain_options,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Confidences for ``maps`` and for the maps of method ``versus``, made here, on one
-    batch of images of one size.
+    """Confidences for the maps of ``method`` and of ``versus`` on one batch of images of
+    one size, both made here on one path: :func:`pipeline.cams.explain` with the same
+    options, at image resolution, in float32, then one forward pass of every explanation
+    image. (Comparing stored seeds, float16 at 1/4 resolution, with maps made afresh at
+    full resolution would score the two methods on different paths.)
 
     Args:
-        images01, class_ids, maps, mean, std: as in :func:`explanation_confidence`; every
+        images01, class_ids, mean, std: as in :func:`explanation_confidence`; every
             image needs at least one class.
-        versus: the method to compare with (a :func:`pipeline.cams.list_methods` name).
-        explain_options: :func:`pipeline.cams.explain`'s options for ``versus``'s maps.
+        method, versus: the two methods (:func:`pipeline.cams.list_methods` names).
+        explain_options: :func:`pipeline.cams.explain`'s options, the same for both.
     Returns:
-        ``Y``, ``O`` and ``O`` of ``versus``, each ``(sum K_i,)``, in the order of the
-        (image, class) pairs.
+        ``Y``, ``O`` of ``method`` and ``O`` of ``versus``, each ``(sum K_i,)``, in the
+        order of the (image, class) pairs.
     """
-    if not len(maps) == len(class_ids) == images01.shape[0]:
-        raise ValueError(f"{images01.shape[0]} images, {len(class_ids)} class lists and {len(maps)} maps: one each per image")
-    for i, (classes, m) in enumerate(zip(class_ids, maps)):
-        if m.shape[0] != len(classes):
-            raise ValueError(f"image {i}: {m.shape[0]} maps for {len(classes)} classes")
+    if len(class_ids) != images01.shape[0]:
+        raise ValueError(f"{images01.shape[0]} images and {len(class_ids)} class lists: one list per image")
+    if any(len(c) == 0 for c in class_ids):
+        raise ValueError("every image needs at least one class")
     m = torch.as_tensor(mean, dtype=images01.dtype, device=images01.device)[:, None, None]
     s = torch.as_tensor(std, dtype=images01.dtype, device=images01.device)[:, None, None]
-    other = explain(model, (images01 - m) / s, [list(c) for c in class_ids], versus, **explain_options)
+    classes = [list(c) for c in class_ids]
+    ours = explain(model, (images01 - m) / s, classes, method, **explain_options)
+    other = explain(model, (images01 - m) / s, classes, versus, **explain_options)
     # one pass for both methods: each image's pairs are its classes twice, ours then versus's
     y, o = explanation_confidence(
-        model, images01, [list(c) * 2 for c in class_ids], [torch.cat([a, b]) for a, b in zip(maps, other)], mean, std
+        model, images01, [c * 2 for c in classes], [torch.cat([a, b]) for a, b in zip(ours, other)], mean, std
     )
-    ours = np.concatenate([np.repeat([True, False], len(c)) for c in class_ids])
-    return y[ours], o[ours], o[~ours]
+    first = np.concatenate([np.repeat([True, False], len(c)) for c in classes])
+    return y[first], o[first], o[~first]
 
 
 @dataclasses.dataclass

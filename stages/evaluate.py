@@ -166,32 +166,32 @@ def main() -> None:
 
 
 def faithfulness(index, cam_p, ev) -> dict:
-    """Average Drop, Increase in Confidence and Win against ``faithfulness_versus`` on the
-    first ``faithfulness_max_images`` eval ids that have a class, in batches of
-    ``cam.batch_size`` images of one size; the other method's maps are made here with the
-    same cam settings (SmoothGrad noise seeded per batch, as in the cams stage)."""
+    """Average Drop, Increase in Confidence and Win of ``cam.method`` against
+    ``faithfulness_versus`` on the first ``faithfulness_max_images`` eval ids that have a
+    class, in batches of ``cam.batch_size`` images of one size. Both methods' maps are made
+    here on one path (the cams settings, image resolution, float32; SmoothGrad noise seeded
+    per batch), not read from the stored seeds."""
     device = resolve_device(cam_p.device)
     model, ckpt = load_classifier(CLASSIFIER, device)
     ids = [i for i in index.splits["eval"] if index.labels(i)][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()
     generator = torch.Generator()
-    with tqdm(total=len(ids), desc=f"faithfulness vs {ev.faithfulness_versus}", unit="img") as bar:
+    with tqdm(total=len(ids), desc=f"faithfulness {cam_p.method} vs {ev.faithfulness_versus}", unit="img") as bar:
         for batch in index.size_grouped_batches(ids, cam_p.batch_size):
             batch_ids = [ids[p] for p in batch]
             images = torch.stack([torch.from_numpy(voc.load_image(i)) for i in batch_ids]).to(device)
             images = images.permute(0, 3, 1, 2).float().div(255)
-            seeds = [load_seeds(id_path(SEEDS, i, ".npz")) for i in batch_ids]
-            ours = [upsample_maps(torch.from_numpy(maps).float().to(device), size) for maps, _, size in seeds]
             generator.manual_seed(zlib.crc32(batch_ids[0].encode()))
             score.update(*compare_explanations(
-                model, images, [class_ids.tolist() for _, class_ids, _ in seeds], ours, versus=ev.faithfulness_versus,
+                model, images, [index.labels(i) for i in batch_ids], method=cam_p.method, versus=ev.faithfulness_versus,
                 mean=ckpt["mean"], std=ckpt["std"], layers=cam_p.layers or None, scales=cam_p.scales, flip=cam_p.flip,
                 smooth_samples=cam_p.smooth_samples, smooth_sigma=cam_p.smooth_sigma,
                 scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
             ))
             bar.update(len(batch))
-    return {"method": cam_p.method, "versus": ev.faithfulness_versus, **score.summary()}
+    return {"method": cam_p.method, "versus": ev.faithfulness_versus, "path": "both made afresh at image size, float32",
+            **score.summary()}
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM  # grad-cam (requirements.txt)
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM, XGradCAM  # grad-cam (requirements.txt)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from pipeline.cams import compute_cams, explain, list_layers, list_methods, multiscale_cams, normalize_maps
+from pipeline.cams import compute_cams, explain, guided_gradients, list_layers, list_methods, multiscale_cams, normalize_maps
 from pipeline.models import build_classifier
 
 PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}
@@ -226,3 +226,53 @@ def test_saliency_in_chunks_equals_one_pass(monkeypatch):
     assert batches == [2, 2, 1]
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "vgg16"])
+def test_guided_backprop_equals_pytorch_grad_cam(backbone):
+    # pytorch-grad-cam swaps every nn.ReLU for its guided rectifier and back-propagates one
+    # class of one image; ours hooks the rectifiers in place, for every class at once
+    model = _model(backbone)
+    images = torch.randn(2, 3, 64, 48)
+    classes = torch.tensor([[1, 4], [0, 5]])
+    ours = guided_gradients(model, images, classes)
+    assert ours.shape == (2, 2, 3, 64, 48)
+    peer_model = _model(backbone)  # the peer mutates the model it is given
+    peer = GuidedBackpropReLUModel(peer_model, device="cpu")
+    for i in range(2):
+        for k in range(2):
+            expected = peer(images[i : i + 1].clone(), target_category=int(classes[i, k]))  # (H, W, 3)
+            np.testing.assert_allclose(ours[i, k].permute(1, 2, 0).numpy(), expected, rtol=1e-4, atol=1e-6)
+    # the guided gradient is not the plain one (negative gradients are cut at every rectifier)
+    x = images[:1].clone().requires_grad_(True)
+    plain = torch.autograd.grad(model(x)[0, 1], x)[0]
+    assert not torch.allclose(plain, ours[0, 0], atol=1e-6)
+
+
+def test_guided_gradcam_is_guided_backprop_times_upsampled_gradcam():
+    model = _model("resnet18")
+    images = torch.randn(1, 3, 64, 64)
+    (guided_cam,) = compute_cams(model, images, [[2, 3]], "guided_gradcam", normalize=False)
+    (guided,) = compute_cams(model, images, [[2, 3]], "guided_backprop", normalize=False)
+    (cam,) = compute_cams(model, images, [[2, 3]], "gradcam", normalize=True)
+    up = torch.nn.functional.interpolate(cam[None], size=(64, 64), mode="bilinear", align_corners=False)[0]
+    assert guided_cam.shape == (2, 64, 64)
+    torch.testing.assert_close(guided_cam, guided * up, rtol=1e-4, atol=1e-7)
+    grads = guided_gradients(model, images, torch.tensor([[2, 3]]))
+    torch.testing.assert_close(guided, grads[0].abs().amax(dim=1), rtol=1e-5, atol=1e-8)
+
+
+def test_guided_rule_on_relu6_by_hand():
+    # y = w2 . relu6(w1 * x): the guided gradient on x is w1 * [0 < w1 x < 6] * max(w2, 0) per unit
+    lin1 = torch.nn.Linear(1, 3, bias=False)
+    lin2 = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        lin1.weight.copy_(torch.tensor([[2.0], [1.0], [-1.0]]))
+        lin2.weight.copy_(torch.tensor([[-3.0, 0.5, 4.0]]))
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin1, torch.nn.ReLU6(), lin2)
+    x = torch.full((1, 1, 1, 1), 2.0)  # pre-activations 4, 2, -2: unit 3 is off
+    g = guided_gradients(model, x, torch.tensor([[0]]))
+    assert g.shape == (1, 1, 1, 1, 1)
+    assert g.item() == pytest.approx(2.0 * 0 + 1.0 * 0.5 + 0)  # unit 1's negative weight is cut, unit 3 is off
+    x = torch.full((1, 1, 1, 1), 4.0)  # pre-activations 8 (above 6: off), 4, -4
+    assert guided_gradients(model, x, torch.tensor([[0]])).item() == pytest.approx(0.5)

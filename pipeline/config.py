@@ -219,6 +219,7 @@ class EvaluateParams:
     bg_sweep_stop: float = field(0.8, **UNIT)  # the literature's sweeps stop at 0.6; the built-in seeds peak near it
     bg_sweep_step: float = field(0.05, gt=0.0, le=1.0)
     num_overlays: int = field(6, ge=0)
+    report_images: int = field(8, ge=0)  # reports/index.html shows this many worst images by pseudo-label mIoU
     faithfulness: bool = True  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcampp"
     faithfulness_max_images: int = field(200, ge=1)

@@ -46,6 +46,7 @@ SEGMENT_METRICS = METRICS / "segment.json"
 SEGMENTER_REFERENCE = Path("models/segmenter_gt.pt")  # the segment_reference stage's: the same recipe on the true masks
 SEGMENT_REFERENCE_METRICS = METRICS / "segment_reference.json"
 PLOTS = Path("plots")
+REPORTS = Path("reports")  # the evaluate stage's report: reports/index.html
 
 SECTIONS: dict[str, type] = {
     "data": DataParams,

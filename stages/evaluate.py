@@ -3,8 +3,10 @@ against ground truth.
 
 Writes metrics/{seeds,masks,pseudo_labels,refined,boxes}.json, plots/bg_sweep.csv,
 plots/per_class_iou.csv, plots/max_box_acc.csv (BoxAcc against the map threshold),
-plots/pxap.csv (the seeds' pixel precision-recall curve) and a few overlays in plots/overlays/ (image, seed heat map,
-seed mask, CRF labels, refined labels, ground truth).
+plots/pxap.csv (the seeds' pixel precision-recall curve), a few overlays in plots/overlays/ (image,
+seed heat map, seed mask, CRF labels, refined labels, ground truth), and reports/index.html: the
+worst images by pseudo-label mIoU with every stage's picture, per-class IoU, the confusion
+matrix and the curves (pipeline/report.py).
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.cams import upsample_maps
+from pipeline.cams import explain, upsample_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
 from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
                               iou_by_name, iou_per_class, mean_iou)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
+from pipeline.report import (draw_boxes, guided_gradcam_picture, line_chart_svg, per_image_miou, worst_ids,
+                             write_report)
+from pipeline.train import to_tensor
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.export import VOC_SUBDIR
 from pipeline.models import load_classifier
-from stages.common import CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, SEEDS, load_index, load_params, log, run
+from stages.common import (CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS, load_index,
+                           load_params, log, run)
 
 PSEUDO = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
 REFINED_LABELS = REFINED / VOC_SUBDIR / "SegmentationClass"
@@ -72,6 +78,7 @@ def main() -> None:
     pxap = PxAPScore()
     scored = 0
     overlays = []
+    image_miou: dict[str, float] = {}  # each image's pseudo-label mIoU, for the report's worst images
     for i in tqdm(range(len(voc)), desc="evaluate", unit="img"):
         sample = voc[i]
         image_id = sample.image_id
@@ -96,6 +103,7 @@ def main() -> None:
         masks_cm += confusion_matrix(mask, gt, n)
         pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
         pseudo.update(pl, sample.mask)
+        image_miou[image_id] = per_image_miou(confusion_matrix(np.where(pl == 255, 0, pl), gt, n))
         rl = read_label_png(id_path(REFINED_LABELS, image_id, ".png"))
         refined.update(rl, sample.mask)
         if len(overlays) < ev.num_overlays:
@@ -156,6 +164,21 @@ def main() -> None:
     with atomic_dir(PLOTS / "overlays") as tmp:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
+    charts = [
+        line_chart_svg(thresholds, {"seeds mIoU": sweep_miou}, x_label="background threshold (bg)", y_label="mIoU",
+                       title="Seed mIoU against the background threshold"),
+        line_chart_svg(max_box_acc.thresholds, box_curves, x_label="map threshold", y_label="BoxAcc",
+                       title="BoxAcc against the map threshold (MaxBoxAcc, MaxBoxAccV2)"),
+        line_chart_svg(pxap.thresholds, {"precision": pr["precision"], "recall": pr["recall"]}, x_label="map threshold",
+                       y_label="precision / recall", title=f"Seed pixels: PxAP {_round(pxap.summary()['pxap'])}"),
+    ]
+    summary = {"images scored": scored, "seeds mIoU (best bg)": f"{sweep_miou[best]:.4f} at bg {thresholds[best]:g}",
+               "CRF pseudo-labels mIoU": f"{pseudo.summary()['miou']:.4f}",
+               f"refined ({refine_p.method}) mIoU": f"{refined.summary()['miou']:.4f}",
+               "MaxBoxAcc / MaxBoxAccV2": f"{box_summary['max_box_acc']} / {box_summary['max_box_acc_v2']}",
+               "box F1@0.5 (largest)": box_summary["f1_iou50"]}
+    report(index, voc, boxes, worst_ids(image_miou, ev.report_images), image_miou, summary,
+           iou_by_name(pl_iou, names), pseudo.full, names, charts)
     log.info(
         "seeds mIoU %.4f at bg %.2f, PxAP %s | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %s, "
         "F1@0.5 %s, CAM loc acc %s, MaxBoxAcc %s, MaxBoxAccV2 %s",
@@ -163,6 +186,36 @@ def main() -> None:
         refine_p.method, refined.summary()["miou"], box_summary["accuracy_iou50"], box_summary["f1_iou50"],
         box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"],
     )
+
+
+def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, names, charts) -> None:
+    """reports/index.html and a picture strip (reports/worst/<id>.png) for each of the worst ids."""
+    model, ckpt = load_classifier(CLASSIFIER, torch.device("cpu"))
+    rows = []
+    with atomic_dir(REPORTS) as tmp:
+        (tmp / "worst").mkdir()
+        for image_id in tqdm(worst, desc="report", unit="img"):
+            sample = voc[voc.ids.index(image_id)]
+            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
+            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            x = to_tensor(sample.image, ckpt["mean"], ckpt["std"])
+            if len(class_ids):
+                (cam,) = explain(model, x[None], [class_ids.tolist()], "gradcam", scales=(1.0,), flip=False)
+                guided = guided_gradcam_picture(model, x, class_ids.tolist(), cam)
+            else:
+                guided = np.full_like(sample.image, 128)
+            pred = [b["box"] for b in boxes[image_id]["largest"]]
+            panels = [sample.image, heatmap_overlay(sample.image, foreground(full, torch.from_numpy(class_ids))[0].numpy()), guided,
+                      label_overlay(sample.image, read_label_png(id_path(MASKS, image_id, ".png"))),
+                      label_overlay(sample.image, read_label_png(id_path(PSEUDO, image_id, ".png"))),
+                      label_overlay(sample.image, read_label_png(id_path(REFINED_LABELS, image_id, ".png"))),
+                      label_overlay(sample.image, sample.mask), draw_boxes(sample.image, np.array(pred), sample.boxes)]
+            picture = id_path(tmp / "worst", image_id, ".png")
+            Image.fromarray(side_by_side(panels)).save(picture)
+            rows.append((image_id, image_miou[image_id], picture.relative_to(tmp).as_posix()))
+        write_report(tmp, title=f"Pseudo-label report: {len(index.splits['eval'])} eval images", summary=summary,
+                     worst=rows, per_class=per_class, confusion=confusion, names=names, charts=charts)
+    log.info("report: %s", REPORTS / "index.html")
 
 
 def faithfulness(index, cam_p, ev) -> dict:

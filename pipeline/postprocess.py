@@ -5,8 +5,9 @@ the argmax taken over background and the image's present classes (IRN's rule).
 Boxes (CAM paper, Zhou et al. 2016, Sec. 4.1): each class map is thresholded at
 ``box_fraction`` of its maximum; one box goes around the largest connected
 component, and a second set has one box per component. A third set, one box
-around all of a class's pixels, is kept because FINDINGS.md measured it 11
-points above the largest component on VOC.
+around all of a class's pixels, is kept because on real VOC images it scored 11
+points of box accuracy above the largest component (48% against 37%): the
+largest component often spans only one of several objects of a class.
 """
 
 from __future__ import annotations

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.affinity import BoundaryNet, confident_labels, pair_offsets
-from pipeline.cams import upsample_maps
+from pipeline.cams import load_seed_maps
 from pipeline.crf import POOL_CHUNKSIZE, crf_label_pair
-from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, write_json, write_label_png
+from pipeline.io import atomic_dir, atomic_path, id_path, write_json, write_label_png
 from pipeline.models import MultiLevelEncoder, backbone_normalization, build_classifier, load_classifier
 from pipeline.parallel import default_processes, parallel_map
 from pipeline.postprocess import seeds_to_mask
@@ -55,8 +55,7 @@ def _confident_labels(index, aff_p, crf_p) -> dict:
 
     def jobs():
         for image_id in ids:
-            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             classes = torch.from_numpy(class_ids)
             masks = [seeds_to_mask(full, classes, bg).numpy() for bg in (aff_p.fg_bg, aff_p.bg_bg)]
             yield str(voc.image_path(image_id)), masks[0], masks[1], class_ids.tolist(), crf_p

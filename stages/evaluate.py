@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.cams import explain, upsample_maps
+from pipeline.cams import explain, load_seed_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
-from pipeline.io import atomic_dir, atomic_path, id_path, load_seeds, read_json, read_label_png, write_json
+from pipeline.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
 from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
                               iou_by_name, iou_per_class, mean_iou)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
@@ -88,8 +88,7 @@ def main() -> None:
             score.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
             if name == "largest":
                 cam_loc.update(pred_boxes, pred_labels, sample.boxes, sample.box_labels)
-        maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-        full = upsample_maps(torch.from_numpy(maps).float(), size)
+        full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
         max_box_acc.update(full, class_ids, sample.boxes, sample.box_labels)
         if sample.mask is None:
             continue
@@ -196,8 +195,7 @@ def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, 
         (tmp / "worst").mkdir()
         for image_id in tqdm(worst, desc="report", unit="img"):
             sample = voc[voc.ids.index(image_id)]
-            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             x = to_tensor(sample.image, ckpt["mean"], ckpt["std"])
             if len(class_ids):
                 (cam,) = explain(model, x[None], [class_ids.tolist()], "gradcam", scales=(1.0,), flip=False)

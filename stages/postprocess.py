@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from pipeline.cams import upsample_maps
-from pipeline.io import atomic_dir, id_path, load_seeds, write_json, write_label_png
+from pipeline.cams import load_seed_maps
+from pipeline.io import atomic_dir, id_path, write_json, write_label_png
 from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
 from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 
@@ -19,8 +19,7 @@ def main() -> None:
     boxes = {}
     with atomic_dir(MASKS) as tmp:
         for image_id in tqdm(ids, desc="masks+boxes", unit="img"):
-            maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-            full = upsample_maps(torch.from_numpy(maps).float(), size)
+            full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             class_t = torch.from_numpy(class_ids)
             write_label_png(id_path(tmp, image_id, ".png"), seeds_to_mask(full, class_t, post.bg).numpy())
             boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, post.box_fraction)

@@ -258,31 +258,28 @@ class VOCDataset:
     def labels(self, image_id: str) -> tuple[int, ...]:
         """Image-level labels: from the XML when there is one, else from the mask."""
         annotation = self.load_annotation(image_id)
+        return self._labels_and_boxes(image_id, annotation, None if annotation else self.load_mask(image_id), False)[0]
+
+    def _labels_and_boxes(self, image_id: str, annotation, mask: np.ndarray | None, with_boxes: bool = True):
+        """``(labels, boxes, box_labels)`` from the XML when there is one, else from the mask (boxes: its
+        components; None unless ``with_boxes``). The one place that rule lives."""
         if annotation is not None:
-            return tuple(sorted({int(c) for c in annotation[1]}))
-        mask = self.load_mask(image_id)
+            boxes, box_labels = annotation
+            return tuple(sorted({int(c) for c in box_labels})), boxes, box_labels
         if mask is None:
             raise DatasetError(
                 f"id {image_id!r}: neither {self.xml_path(image_id)} nor {self.mask_path(image_id)} exists, "
                 "so it has no labels"
             )
-        return labels_from_mask(mask, len(self.classes), str(self.mask_path(image_id)))
+        labels = labels_from_mask(mask, len(self.classes), str(self.mask_path(image_id)))
+        boxes, box_labels = boxes_from_mask(mask, len(self.classes)) if with_boxes else (None, None)
+        return labels, boxes, box_labels
 
     def __getitem__(self, index: int) -> Sample:
         image_id = self.ids[index]
         image = self.load_image(image_id)
         mask = self.load_mask(image_id, image.shape[:2])
-        annotation = self.load_annotation(image_id)
-        if annotation is not None:
-            boxes, box_labels = annotation
-            labels = tuple(sorted({int(c) for c in box_labels}))
-        elif mask is not None:
-            boxes, box_labels = boxes_from_mask(mask, len(self.classes))
-            labels = labels_from_mask(mask, len(self.classes), str(self.mask_path(image_id)))
-        else:
-            raise DatasetError(
-                f"id {image_id!r}: neither {self.xml_path(image_id)} nor {self.mask_path(image_id)} exists"
-            )
+        labels, boxes, box_labels = self._labels_and_boxes(image_id, self.load_annotation(image_id), mask)
         return Sample(image_id, image, labels, boxes, box_labels, mask)
 
 

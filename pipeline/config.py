@@ -71,7 +71,7 @@ class BuiltinParams:
 class DataParams:
     """Where the images come from (``data``)."""
 
-    source: str = field("builtin", choices=("builtin", "voc"))
+    source: str = field("builtin", choices=("builtin", "voc", "folder"))
     root: str = BUILTIN_ROOT  # builtin: the generator (a DVC dependency); voc: a VOC20xx folder or one holding
     # VOCdevkit/ (make data-voc puts one in data/VOCdevkit)
     train_list: str = field("train", nonempty=True)  # ids the classifier trains on and pseudo-labels are made for
@@ -79,6 +79,9 @@ class DataParams:
     eval_list: str = field("train", nonempty=True)  # ids with ground truth that seeds and pseudo-labels are scored on
     seg_val_list: str = field("val", nonempty=True)  # held-out ids with masks the segmenter is scored on (none in
     # train_list); NO_LIST ("none"): no held-out set (the segment stage trains and saves, and scores nothing)
+    labels_file: str = ""  # folder: the image-level labels (CSV or text; pipeline/data/folder.py); "": <root>/labels.csv
+    classes_file: str = ""  # folder: class names, one per line; "": the order of first appearance in the labels
+    masks_dir: str = ""  # folder: optional ground-truth masks <id>.png for scoring; "": none
     use_difficult: bool = False
     verify_images: bool = True
     builtin: BuiltinParams = BuiltinParams()

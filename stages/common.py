@@ -29,6 +29,7 @@ from pipeline.io import read_json
 
 PARAMS_FILE = Path("params.yaml")
 INDEX_FILE = Path("data/prepared/dataset.json")
+FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped view of links prepare builds (not a DVC output)
 
 # Every stage output, in one place (dvc.yaml names the same paths).
 CLASSIFIER = Path("models/classifier.pt")

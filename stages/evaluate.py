@@ -110,9 +110,52 @@ def main() -> None:
             panels = [sample.image, heatmap_overlay(sample.image, heat), label_overlay(sample.image, mask), label_overlay(sample.image, pl),
                       label_overlay(sample.image, rl), label_overlay(sample.image, sample.mask)]
             overlays.append((image_id, side_by_side(panels)))
-    if scored == 0:
-        raise ValueError(f"evaluate: none of the {len(voc)} eval ids has a ground-truth mask in {voc.root}/SegmentationClass")
+    if scored:
+        _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, post, refine_p)
+    else:  # every stage runs without masks: the metrics say what was not scored and why (no NaN for a plot)
+        reason = (f"none of the {len(voc)} eval ids has a ground-truth mask (SegmentationClass/ in {voc.root}; "
+                  "data.masks_dir for a folder dataset), so nothing was scored against masks")
+        log.warning("evaluate: %s", reason)
+        for name in ("seeds", "masks", "pseudo_labels", "refined"):
+            write_json(METRICS / f"{name}.json", {"num_images": 0, "skipped": reason})
+        for name, header in (("bg_sweep", ["bg", "miou"]), ("per_class_iou", ["class", "seeds", "masks", "pseudo_labels", "refined"]),
+                             ("pxap", ["threshold", "recall", "precision"])):
+            _write_csv(PLOTS / f"{name}.csv", header, [])
+    box_summary = _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file)
+    # always written (DVC expects the output); {"enabled": false} when switched off
+    write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
+    with atomic_dir(PLOTS / "overlays") as tmp:
+        for image_id, picture in overlays:
+            Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
+    box_curves = max_box_acc.curves() if max_box_acc.num_pairs else {}
+    pr = pxap.curve()
+    charts = [line_chart_svg(max_box_acc.thresholds, box_curves, x_label="map threshold", y_label="BoxAcc",
+                             title="BoxAcc against the map threshold (MaxBoxAcc, MaxBoxAccV2)")] if box_curves else []
+    summary = {"eval images": len(voc), "images scored against masks": scored,
+               "MaxBoxAcc / MaxBoxAccV2": f"{box_summary['max_box_acc']} / {box_summary['max_box_acc_v2']}",
+               "box F1@0.5 (largest)": box_summary["f1_iou50"]}
+    if scored:
+        sweep_miou = np.array([mean_iou(cm) for cm in sweep])
+        best = int(np.nanargmax(sweep_miou))
+        charts = [line_chart_svg(thresholds, {"seeds mIoU": sweep_miou}, x_label="background threshold (bg)", y_label="mIoU",
+                                 title="Seed mIoU against the background threshold"), *charts,
+                  line_chart_svg(pxap.thresholds, {"precision": pr["precision"], "recall": pr["recall"]},
+                                 x_label="map threshold", y_label="precision / recall",
+                                 title=f"Seed pixels: PxAP {_round(pxap.summary()['pxap'])}")]
+        summary.update({"seeds mIoU (best bg)": f"{sweep_miou[best]:.4f} at bg {thresholds[best]:g}",
+                        "CRF pseudo-labels mIoU": f"{pseudo.summary()['miou']:.4f}",
+                        f"refined ({refine_p.method}) mIoU": f"{refined.summary()['miou']:.4f}"})
+        log.info("seeds mIoU %.4f at bg %.2f, PxAP %s | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f",
+                 sweep_miou[best], thresholds[best], _round(pxap.summary()["pxap"]), mean_iou(masks_cm),
+                 pseudo.summary()["miou"], refine_p.method, refined.summary()["miou"])
+    log.info("boxes acc@0.5 %s, F1@0.5 %s, CAM loc acc %s, MaxBoxAcc %s, MaxBoxAccV2 %s", box_summary["accuracy_iou50"],
+             box_summary["f1_iou50"], box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"])
+    report(index, voc, boxes, worst_ids(image_miou, ev.report_images), image_miou, summary,
+           iou_by_name(iou_per_class(pseudo.full), names), pseudo.full, names, charts)
 
+
+def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, post, refine_p) -> None:
+    """metrics/{seeds,masks,pseudo_labels,refined}.json, plots/bg_sweep.csv, plots/per_class_iou.csv, plots/pxap.csv."""
     sweep_miou = np.array([mean_iou(cm) for cm in sweep])
     best = int(np.nanargmax(sweep_miou))
     seeds_iou = iou_per_class(sweep[best])
@@ -131,6 +174,19 @@ def main() -> None:
     refined_iou = iou_per_class(refined.full)
     write_json(METRICS / "refined.json", {"method": refine_p.method, **{k: round(v, 4) for k, v in refined.summary().items()},
                                           **iou_by_name(refined_iou, names)})
+    _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
+    _write_csv(
+        PLOTS / "per_class_iou.csv",
+        ["class", "seeds", "masks", "pseudo_labels", "refined"],
+        [[c, *(None if np.isnan(v) else round(float(v), 4) for v in row)] for c, *row in zip(names, seeds_iou, masks_iou, pl_iou, refined_iou)],
+    )
+    pr = pxap.curve()
+    _write_csv(PLOTS / "pxap.csv", ["threshold", "recall", "precision"],
+               [[float(t), round(float(r), 4), _round(p)] for t, r, p in zip(pxap.thresholds, pr["recall"], pr["precision"])])
+
+
+def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> dict:
+    """metrics/boxes.json and plots/max_box_acc.csv (header only without ground-truth boxes); the summary."""
     box_summary = {}
     for name, score in box_scores.items():
         s = score.summary()
@@ -144,47 +200,14 @@ def main() -> None:
     box_summary["cam_loc_acc_image"] = _round(cam["cam_loc_acc_image"])
     box_summary["box_fraction"] = boxes_file["box_fraction"]
     box_summary.update({k: v if k == "num_pairs" else _round(v) for k, v in max_box_acc.summary().items() if k != "num_pairs"})
+    if box_summary["num_gt_boxes"] == 0:
+        box_summary["skipped"] = "no ground-truth box among the eval ids (no XML, no mask)"
     write_json(METRICS / "boxes.json", box_summary)
-    box_curves = max_box_acc.curves()
-    _write_csv(PLOTS / "max_box_acc.csv", ["threshold", *box_curves],
-               [[float(t), *(round(float(c[i]), 4) for c in box_curves.values())] for i, t in enumerate(max_box_acc.thresholds)])
-    pr = pxap.curve()
-    _write_csv(PLOTS / "pxap.csv", ["threshold", "recall", "precision"],
-               [[float(t), round(float(r), 4), _round(p)] for t, r, p in zip(pxap.thresholds, pr["recall"], pr["precision"])])
-
-    _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
-    _write_csv(
-        PLOTS / "per_class_iou.csv",
-        ["class", "seeds", "masks", "pseudo_labels", "refined"],
-        [[c, *(None if np.isnan(v) else round(float(v), 4) for v in row)] for c, *row in zip(names, seeds_iou, masks_iou, pl_iou, refined_iou)],
-    )
-    # always written (DVC expects the output); {"enabled": false} when switched off
-    write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
-    with atomic_dir(PLOTS / "overlays") as tmp:
-        for image_id, picture in overlays:
-            Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
-    charts = [
-        line_chart_svg(thresholds, {"seeds mIoU": sweep_miou}, x_label="background threshold (bg)", y_label="mIoU",
-                       title="Seed mIoU against the background threshold"),
-        line_chart_svg(max_box_acc.thresholds, box_curves, x_label="map threshold", y_label="BoxAcc",
-                       title="BoxAcc against the map threshold (MaxBoxAcc, MaxBoxAccV2)"),
-        line_chart_svg(pxap.thresholds, {"precision": pr["precision"], "recall": pr["recall"]}, x_label="map threshold",
-                       y_label="precision / recall", title=f"Seed pixels: PxAP {_round(pxap.summary()['pxap'])}"),
-    ]
-    summary = {"images scored": scored, "seeds mIoU (best bg)": f"{sweep_miou[best]:.4f} at bg {thresholds[best]:g}",
-               "CRF pseudo-labels mIoU": f"{pseudo.summary()['miou']:.4f}",
-               f"refined ({refine_p.method}) mIoU": f"{refined.summary()['miou']:.4f}",
-               "MaxBoxAcc / MaxBoxAccV2": f"{box_summary['max_box_acc']} / {box_summary['max_box_acc_v2']}",
-               "box F1@0.5 (largest)": box_summary["f1_iou50"]}
-    report(index, voc, boxes, worst_ids(image_miou, ev.report_images), image_miou, summary,
-           iou_by_name(pl_iou, names), pseudo.full, names, charts)
-    log.info(
-        "seeds mIoU %.4f at bg %.2f, PxAP %s | masks %.4f | CRF pseudo-labels %.4f | refined (%s) %.4f | boxes acc@0.5 %s, "
-        "F1@0.5 %s, CAM loc acc %s, MaxBoxAcc %s, MaxBoxAccV2 %s",
-        sweep_miou[best], thresholds[best], _round(pxap.summary()["pxap"]), mean_iou(masks_cm), pseudo.summary()["miou"],
-        refine_p.method, refined.summary()["miou"], box_summary["accuracy_iou50"], box_summary["f1_iou50"],
-        box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"],
-    )
+    box_curves = max_box_acc.curves() if max_box_acc.num_pairs else {}
+    _write_csv(PLOTS / "max_box_acc.csv", ["threshold", *(box_curves or ["largest_iou50", "any_iou30", "any_iou50", "any_iou70"])],
+               [[float(t), *(round(float(c[i]), 4) for c in box_curves.values())] for i, t in enumerate(max_box_acc.thresholds)]
+               if box_curves else [])
+    return box_summary
 
 
 def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, names, charts) -> None:

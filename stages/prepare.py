@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 from tqdm import tqdm
 
+from pipeline.data.folder import build_view
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
 from pipeline.config import BUILTIN_ROOT, NO_LIST, ConfigError
 from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
 from pipeline.io import atomic_dir, write_json
-from stages.common import INDEX_FILE, load_params, log, run
+from stages.common import FOLDER_VIEW, INDEX_FILE, load_params, log, run
 
 OUT = INDEX_FILE.parent
 
 
 def main() -> None:
     (data,) = load_params("data")
-    if data.source not in ("builtin", "voc"):
-        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc")
+    if data.source not in ("builtin", "voc", "folder"):
+        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc, folder")
+    given_labels = None
+    if data.source == "folder":
+        given_labels = _folder_view(data)
     with atomic_dir(OUT) as tmp:
         if data.source == "builtin":
             b = data.builtin
             generate_dataset(tmp / "builtin", num_train=b.num_train, num_val=b.num_val, image_size=b.image_size, seed=b.seed, progress=tqdm)
             # the index must name the root where it will live after the rename
             scan_root, final_root = find_voc_root(tmp / "builtin"), OUT / "builtin" / "VOCdevkit" / "VOC2012"
+        elif data.source == "folder":
+            scan_root = final_root = FOLDER_VIEW / "VOC2012"
         else:
             if data.root == BUILTIN_ROOT:
                 raise ConfigError(f"data.source is voc but data.root is still the built-in generator ({BUILTIN_ROOT}); "
@@ -38,7 +46,7 @@ def main() -> None:
                 splits[split], skipped[split] = [], []
                 continue
             try:
-                voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult)
+                voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult, labels=given_labels)
             except DatasetError as err:
                 key = {"train": "train_list", "val": "val_list", "eval": "eval_list", "seg_val": "seg_val_list"}[split]
                 hint = f" (or {NO_LIST!r}: no held-out set for the segment stage)" if split == "seg_val" else ""
@@ -70,6 +78,27 @@ def main() -> None:
         index = DatasetIndex(str(final_root), classes, splits, images, skipped, data.use_difficult)
         write_json(tmp / INDEX_FILE.name, index.to_dict())
     log.info("prepared %s: %s", final_root, ", ".join(f"{k} {len(v)} ids" for k, v in splits.items()))
+
+
+def _folder_view(data) -> dict[str, list[int]]:
+    """data.source folder: the VOC-shaped view of links in FOLDER_VIEW (outside data/prepared, so that DVC
+    never caches the images through the links), and each image's labels from the labels file."""
+    if data.root == BUILTIN_ROOT:
+        raise ConfigError(f"data.source is folder but data.root is still the built-in generator ({BUILTIN_ROOT}); "
+                          "set data.root to your images folder")
+    labels_file = data.labels_file or str(Path(data.root) / "labels.csv")
+    lists = {"train_list": data.train_list, "val_list": data.val_list, "eval_list": data.eval_list}
+    if data.seg_val_list != NO_LIST:
+        lists["seg_val_list"] = data.seg_val_list
+    with atomic_dir(FOLDER_VIEW) as tmp:
+        try:
+            _, classes, labels = build_view(data.root, labels_file, tmp, classes_file=data.classes_file or None,
+                                            masks=data.masks_dir or None, lists=lists)
+        except DatasetError as err:
+            raise DatasetError(f"data (source folder): {err}") from None
+    log.info("folder dataset: %d images, %d classes (%s), view of links in %s", len(labels), len(classes),
+             ", ".join(classes[:8]) + (" ..." if len(classes) > 8 else ""), FOLDER_VIEW)
+    return labels
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ class DatasetIndex:
 
     def dataset(self, split: str) -> VOCDataset:
         """The VOC reader over one split's ids."""
-        return VOCDataset(self.root, self.splits[split], classes=self.classes, use_difficult=self.use_difficult)
+        ids = self.splits[split]
+        return VOCDataset(self.root, ids, classes=self.classes, use_difficult=self.use_difficult,
+                          labels={i: self.images[i]["labels"] for i in ids})
 
     def labels(self, image_id: str) -> list[int]:
         return self.images[image_id]["labels"]

@@ -19,7 +19,7 @@ import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -133,6 +133,9 @@ class VOCDataset:
             a path to a text file of ids, or a sequence of ids.
         classes: class names; default: ``classes.txt`` in the root, else VOC's 20.
         use_difficult: keep objects marked difficult in the XML.
+        labels: image-level labels (class indices) by id, which take the place of those of the
+            XML or the mask (a folder dataset's labels file); an id found there that has
+            neither XML nor mask gets no boxes.
     """
 
     def __init__(
@@ -142,8 +145,10 @@ class VOCDataset:
         *,
         classes: Sequence[str] | None = None,
         use_difficult: bool = False,
+        labels: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.root = find_voc_root(root)
+        self._labels = labels
         if classes is None:
             classes_file = self.root / "classes.txt"
             classes = (
@@ -257,21 +262,28 @@ class VOCDataset:
 
     def labels(self, image_id: str) -> tuple[int, ...]:
         """Image-level labels: from the XML when there is one, else from the mask."""
+        if self._labels is not None and image_id in self._labels:
+            return tuple(sorted({int(c) for c in self._labels[image_id]}))
         annotation = self.load_annotation(image_id)
         return self._labels_and_boxes(image_id, annotation, None if annotation else self.load_mask(image_id), False)[0]
 
     def _labels_and_boxes(self, image_id: str, annotation, mask: np.ndarray | None, with_boxes: bool = True):
         """``(labels, boxes, box_labels)`` from the XML when there is one, else from the mask (boxes: its
-        components; None unless ``with_boxes``). The one place that rule lives."""
+        components; None unless ``with_boxes``); labels given to the constructor win. The one place
+        that rule lives."""
+        given = self._labels.get(image_id) if self._labels is not None else None
+        given = tuple(sorted({int(c) for c in given})) if given is not None else None
         if annotation is not None:
             boxes, box_labels = annotation
-            return tuple(sorted({int(c) for c in box_labels})), boxes, box_labels
+            return (given if given is not None else tuple(sorted({int(c) for c in box_labels}))), boxes, box_labels
         if mask is None:
+            if given is not None:
+                return given, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
             raise DatasetError(
                 f"id {image_id!r}: neither {self.xml_path(image_id)} nor {self.mask_path(image_id)} exists, "
                 "so it has no labels"
             )
-        labels = labels_from_mask(mask, len(self.classes), str(self.mask_path(image_id)))
+        labels = given if given is not None else labels_from_mask(mask, len(self.classes), str(self.mask_path(image_id)))
         boxes, box_labels = boxes_from_mask(mask, len(self.classes)) if with_boxes else (None, None)
         return labels, boxes, box_labels
 

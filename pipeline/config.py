@@ -174,6 +174,8 @@ class AffinityParams:
     std: tuple[float, ...] | None = field(None, gt=0.0, nonempty=True)
     freeze_backbone: bool = True  # IRN trains only the boundary branch on a frozen backbone
     width: int = field(32, ge=4)  # channels of each level in the boundary branch (IRN: 32)
+    labels: str = field("confident", choices=("confident", "crf"))  # confident: IRN's two-CRF labels (below) | crf: the
+    # crf stage's pseudo-labels (255 where the CRF is unsure), every pixel a training pair end (README)
     fg_bg: float = field(0.30, **UNIT)  # IRN conf_fg_thres: bg plane of the CRF whose classes are confident
     bg_bg: float = field(0.05, **UNIT)  # IRN conf_bg_thres: bg plane of the CRF whose background is confident
     label_crf: bool = True  # IRN: both masks through the dense CRF; false: the thresholded seed masks as they are

@@ -1,5 +1,6 @@
-"""Stage `affinity`: IRN's confident labels from the seeds (outputs/affinity_labels/), and the
-boundary network trained on them (models/affinity.pt, metrics/affinity.json).
+"""Stage `affinity`: the boundary network's training labels (outputs/affinity_labels/): IRN's
+confident labels from the seeds, or with `affinity.labels: crf` the crf stage's pseudo-labels;
+and the boundary network trained on them (models/affinity.pt, metrics/affinity.json).
 
 With `refine.method` other than `rw` nothing is trained: the outputs say so, and the
 stage takes a second.
@@ -7,6 +8,7 @@ stage takes a second.
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -17,13 +19,15 @@ from tqdm import tqdm
 from pipeline.affinity import BoundaryNet, confident_labels, pair_offsets
 from pipeline.cams import load_seed_maps
 from pipeline.crf import POOL_CHUNKSIZE, crf_label_pair
-from pipeline.io import atomic_dir, atomic_path, id_path, write_json, write_label_png
+from pipeline.export import VOC_SUBDIR
+from pipeline.io import atomic_dir, atomic_path, id_path, read_label_png, write_json, write_label_png
 from pipeline.models import MultiLevelEncoder, backbone_normalization, build_classifier, load_classifier
 from pipeline.parallel import default_processes, parallel_map
 from pipeline.postprocess import seeds_to_mask
 from pipeline.refine import AffinityDataset, affinity_augmentation, train_boundary_epoch
 from pipeline.train import amp_dtype, resolve_device, seed_everything
-from stages.common import AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, SEEDS, load_index, load_params, log, run
+from stages.common import (AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, PSEUDO_LABELS, SEEDS, load_index, load_params,
+                           log, run)
 
 METRICS_FILE = METRICS / "affinity.json"
 
@@ -41,7 +45,7 @@ def main() -> None:
         log.info("affinity: not trained (%s)", reason)
         return
     start = time.perf_counter()
-    label_stats = _confident_labels(index, aff_p, crf_p)
+    label_stats = _confident_labels(index, aff_p, crf_p) if aff_p.labels == "confident" else _crf_labels(index)
     label_time = time.perf_counter() - start
     losses, train_time = _train(index, aff_p)
     write_json(METRICS_FILE, {"trained": True, **{k: round(v, 5) for k, v in losses.items()}, **label_stats,
@@ -71,10 +75,29 @@ def _confident_labels(index, aff_p, crf_p) -> dict:
             labels = confident_labels(torch.from_numpy(fg), torch.from_numpy(bg)).numpy()
             counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
             write_label_png(id_path(tmp, image_id, ".png"), labels)
-    total = max(int(counts.sum()), 1)
-    stats = {"confident_bg_fraction": round(float(counts[0] / total), 4), "confident_fg_fraction": round(float(counts[1] / total), 4),
-             "unsure_fraction": round(float(counts[2] / total), 4)}
+    stats = _label_stats(counts)
     log.info("confident labels of %d images: %s", len(ids), stats)
+    return stats
+
+
+def _label_stats(counts: np.ndarray) -> dict:
+    total = max(int(counts.sum()), 1)
+    return {"confident_bg_fraction": round(float(counts[0] / total), 4), "confident_fg_fraction": round(float(counts[1] / total), 4),
+            "unsure_fraction": round(float(counts[2] / total), 4)}
+
+
+def _crf_labels(index) -> dict:
+    """affinity.labels crf: the crf stage's pseudo-labels, copied as they are (255 where the CRF is unsure)."""
+    source = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
+    counts = np.zeros(3, np.int64)
+    with atomic_dir(AFFINITY_LABELS) as tmp:
+        for image_id in tqdm(index.splits["train"], desc="CRF labels", unit="img"):
+            path = id_path(source, image_id, ".png")
+            labels = read_label_png(path)  # checks the file
+            counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
+            shutil.copyfile(path, id_path(tmp, image_id, ".png"))
+    stats = _label_stats(counts)
+    log.info("training labels: the CRF pseudo-labels of %d images: %s", len(index.splits["train"]), stats)
     return stats
 
 

@@ -371,6 +371,26 @@ def test_affinity_and_refine_outputs(pipeline_run):
     assert overlay.shape[1] >= 6 * 64  # image, heat map, seed mask, CRF, refined, ground truth
 
 
+def test_affinity_trains_on_the_crf_labels(pipeline_run, tmp_path):
+    """affinity.labels crf: the training labels are the crf stage's pseudo-labels, byte for byte, and their
+    shares are what metrics/affinity.json reports; the walk then runs on the new network."""
+    params = {**TINY, "affinity": {**TINY["affinity"], "labels": "crf"}, "refine": {**TINY["refine"], "background": "walked",
+                                                                                      "bg_power": 4.0}}
+    _copy_run(pipeline_run, tmp_path, params)
+    for stage in ("affinity", "refine"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    crf_dir = tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
+    crf = sorted(crf_dir.glob("*.png"))
+    assert [p.name for p in crf] == sorted(p.name for p in (tmp_path / "outputs/affinity_labels").glob("*.png"))
+    assert all(p.read_bytes() == (tmp_path / "outputs/affinity_labels" / p.name).read_bytes() for p in crf)
+    pixels = np.concatenate([read_label_png(p).ravel() for p in crf])
+    aff = json.loads((tmp_path / "metrics/affinity.json").read_text())
+    assert aff["trained"] and aff["unsure_fraction"] == pytest.approx(np.mean(pixels == 255), abs=1e-4)
+    assert aff["confident_bg_fraction"] == pytest.approx(np.mean(pixels == 0), abs=1e-4)
+    assert len(list((tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))) == len(crf)
+
+
 @pytest.mark.parametrize("method", ["par", "none"])
 def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
     """`par` and `none` need no training: the affinity stage says so and takes no time;

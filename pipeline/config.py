@@ -174,7 +174,7 @@ class AffinityParams:
     std: tuple[float, ...] | None = field(None, gt=0.0, nonempty=True)
     freeze_backbone: bool = True  # IRN trains only the boundary branch on a frozen backbone
     width: int = field(32, ge=4)  # channels of each level in the boundary branch (IRN: 32)
-    labels: str = field("confident", choices=("confident", "crf"))  # confident: IRN's two-CRF labels (below) | crf: the
+    labels: str = field("crf", choices=("confident", "crf"))  # confident: IRN's two-CRF labels (below) | crf: the
     # crf stage's pseudo-labels (255 where the CRF is unsure), every pixel a training pair end (README)
     fg_bg: float = field(0.30, **UNIT)  # IRN conf_fg_thres: bg plane of the CRF whose classes are confident
     bg_bg: float = field(0.05, **UNIT)  # IRN conf_bg_thres: bg plane of the CRF whose background is confident
@@ -205,10 +205,10 @@ class RefineParams:
     radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
     beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
     steps: int = field(256, ge=1)  # IRN: 2 ** 8 walk steps
-    background: str = field("constant", choices=("constant", "walked"))  # constant: IRN's plane at bg_threshold after
+    background: str = field("walked", choices=("constant", "walked"))  # constant: IRN's plane at bg_threshold after
     # scaling by the walked maximum | walked: PSA's (1 - max seed) ** bg_power plane, walked with the classes
     bg_threshold: float = field(0.25, **UNIT)  # IRN sem_seg_bg_thres (background: constant)
-    bg_power: float = field(2.0, gt=0.0)  # PSA's alpha (background: walked)
+    bg_power: float = field(4.0, gt=0.0)  # PSA's alpha (background: walked)
     flip: bool = True  # boundary map averaged with the mirrored image's (IRN)
     par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
     par_iterations: int = field(10, ge=1)  # AFA

@@ -371,24 +371,38 @@ def test_affinity_and_refine_outputs(pipeline_run):
     assert overlay.shape[1] >= 6 * 64  # image, heat map, seed mask, CRF, refined, ground truth
 
 
-def test_affinity_trains_on_the_crf_labels(pipeline_run, tmp_path):
-    """affinity.labels crf: the training labels are the crf stage's pseudo-labels, byte for byte, and their
-    shares are what metrics/affinity.json reports; the walk then runs on the new network."""
-    params = {**TINY, "affinity": {**TINY["affinity"], "labels": "crf"}, "refine": {**TINY["refine"], "background": "walked",
-                                                                                      "bg_power": 4.0}}
+def test_affinity_trains_on_the_crf_labels_by_default(pipeline_run):
+    """affinity.labels crf (the default): the training labels are the crf stage's pseudo-labels, byte for
+    byte, and their shares are what metrics/affinity.json reports."""
+    crf = sorted((pipeline_run / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))
+    copied = pipeline_run / "outputs/affinity_labels"
+    assert [p.name for p in crf] == sorted(p.name for p in copied.glob("*.png"))
+    assert all(p.read_bytes() == (copied / p.name).read_bytes() for p in crf)
+    pixels = np.concatenate([read_label_png(p).ravel() for p in crf])
+    aff = json.loads((pipeline_run / "metrics/affinity.json").read_text())
+    assert aff["unsure_fraction"] == pytest.approx(np.mean(pixels == 255), abs=1e-4)
+    assert aff["confident_bg_fraction"] == pytest.approx(np.mean(pixels == 0), abs=1e-4)
+
+
+def test_affinity_on_irn_confident_labels(pipeline_run, tmp_path):
+    """affinity.labels confident (IRN): two CRFs of the seeds; class where the high background plane keeps
+    one, background where both say so, 255 between; then the walk with IRN's constant background."""
+    params = {**TINY, "affinity": {**TINY["affinity"], "labels": "confident", "fg_bg": 0.6, "bg_bg": 0.2},
+              "refine": {**TINY["refine"], "background": "constant"}}
     _copy_run(pipeline_run, tmp_path, params)
     for stage in ("affinity", "refine"):
         result = run_stage(tmp_path, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
-    crf_dir = tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
-    crf = sorted(crf_dir.glob("*.png"))
-    assert [p.name for p in crf] == sorted(p.name for p in (tmp_path / "outputs/affinity_labels").glob("*.png"))
-    assert all(p.read_bytes() == (tmp_path / "outputs/affinity_labels" / p.name).read_bytes() for p in crf)
-    pixels = np.concatenate([read_label_png(p).ravel() for p in crf])
     aff = json.loads((tmp_path / "metrics/affinity.json").read_text())
-    assert aff["trained"] and aff["unsure_fraction"] == pytest.approx(np.mean(pixels == 255), abs=1e-4)
-    assert aff["confident_bg_fraction"] == pytest.approx(np.mean(pixels == 0), abs=1e-4)
-    assert len(list((tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))) == len(crf)
+    assert aff["trained"] and aff["unsure_fraction"] > 0
+    index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+    for image_id in index["splits"]["train"][:5]:
+        conf = read_label_png(tmp_path / "outputs/affinity_labels" / f"{image_id}.png")
+        crf = read_label_png(tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass" / f"{image_id}.png")
+        assert set(np.unique(conf).tolist()) <= {0, 255} | {c + 1 for c in index["images"][image_id]["labels"]}
+        # a confident class pixel keeps a class under the high plane, so the CRF at the lower postprocess.bg has one too
+        assert not ((conf > 0) & (conf != 255) & (crf == 0)).mean() > 0.05
+    assert len(list((tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))) == 24
 
 
 @pytest.mark.parametrize("method", ["par", "none"])

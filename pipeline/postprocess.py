@@ -38,6 +38,8 @@ def foreground(maps: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tenso
     """
     if maps.dim() != 3 or maps.shape[0] != class_ids.numel():
         raise ValueError(f"maps {tuple(maps.shape)} do not match class ids {tuple(class_ids.shape)}")
+    if maps.shape[0] == 0:  # no class: every pixel background
+        return maps.new_zeros(maps.shape[1:]), torch.zeros(maps.shape[1:], dtype=torch.long, device=maps.device)
     score, index = maps.max(dim=0)
     return score, class_ids.to(maps.device)[index] + 1
 

@@ -104,7 +104,7 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
                 maps = torch.zeros(0, *stored)
             class_ids = np.asarray(labels, np.int64)
             save_seeds(seeds_dir / f"{path.stem}.npz", maps.numpy(), class_ids, size)
-            full = upsample_maps(maps, size)
+            full = upsample_maps(maps, size) if labels else torch.zeros(0, *size)
             write_label_png(masks_dir / f"{path.stem}.png", seeds_to_mask(full, torch.from_numpy(class_ids), bg).numpy())
             boxes[path.stem] = seeds_to_boxes(full.numpy(), class_ids, box_fraction)
             found[path.stem] = labels

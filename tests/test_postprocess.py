@@ -38,3 +38,13 @@ def test_boxes_largest_components_union():
 def test_empty_map_gives_no_box():
     boxes = seeds_to_boxes(np.zeros((1, 5, 5), np.float32), np.array([0]), 0.2)
     assert boxes == {"largest": [], "components": [], "union": []}
+
+
+def test_no_class_is_all_background_and_no_box():
+    import torch as _torch
+
+    from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
+
+    mask = seeds_to_mask(_torch.zeros(0, 5, 7), _torch.zeros(0, dtype=_torch.long), 0.3)
+    assert mask.shape == (5, 7) and mask.dtype == _torch.uint8 and int(mask.max()) == 0
+    assert seeds_to_boxes(np.zeros((0, 5, 7), np.float32), np.zeros(0, np.int64), 0.5) == {"largest": [], "components": [], "union": []}

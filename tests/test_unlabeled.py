@@ -48,5 +48,13 @@ def test_seeds_for_a_folder(pipeline_run, tmp_path):
     assert main(["--classifier", str(classifier), "--images", str(images), "--out", str(tmp_path / "out3"), "--scales", "1.0",
                  "--skip-bad"]) == 0
     assert json.loads((tmp_path / "out3/labels.json").read_text())["skipped"] == [str(images / "broken.jpg")]
+    # no class passes: empty seeds, an all-background mask, no box
+    found = seeds_for_folder(classifier, images, tmp_path / "out5", threshold=1.0, scales=(1.0,), flip=False, skip_bad=True)
+    assert all(v == [] for v in found.values())
+    image_id = ids[0]
+    maps, class_ids, _ = load_seeds(tmp_path / "out5/seeds" / f"{image_id}.npz")
+    assert maps.shape == (0, 16, 16) and class_ids.size == 0
+    assert read_label_png(tmp_path / "out5/masks" / f"{image_id}.png").max() == 0
+    assert json.loads((tmp_path / "out5/boxes.json").read_text())["images"][image_id]["largest"] == []
     with pytest.raises(ValueError, match="threshold"):
         seeds_for_folder(classifier, images, tmp_path / "out4", threshold=1.5)

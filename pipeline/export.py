@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pipeline.io import atomic_dir, read_json, write_text_lines
+from pipeline.paths import INDEX_FILE, REFINED, VIEW
 
 __all__ = ["list_name", "write_id_lists", "make_voc_view"]
 
@@ -84,13 +85,13 @@ def make_voc_view(labels_dir: Path, images_dir: Path, view_root: Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rebuild the VOC-shaped view of the pseudo-labels (symbolic links).")
-    parser.add_argument("--labels", type=Path, default=Path("outputs/refined") / VOC_SUBDIR,
+    parser.add_argument("--labels", type=Path, default=REFINED / VOC_SUBDIR,
                         help="the exported labels (default: the refine stage's; the CRF's: outputs/pseudo_labels/VOCdevkit/VOC2012)")
     parser.add_argument("--images", type=Path, default=None, help="JPEGImages folder (default: from data/prepared/dataset.json)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/voc_view"))
+    parser.add_argument("--out", type=Path, default=VIEW)
     args = parser.parse_args(argv)
     try:
-        images = args.images or Path(read_json("data/prepared/dataset.json")["root"]) / "JPEGImages"
+        images = args.images or Path(read_json(INDEX_FILE)["root"]) / "JPEGImages"
         view = make_voc_view(args.labels, images, args.out)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

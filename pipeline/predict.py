@@ -45,6 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.io import atomic_path, write_label_png
+from pipeline.paths import SEGMENTER
 from pipeline.segment import load_segmenter, segment_images
 from pipeline.train import amp_dtype, resolve_device
 from pipeline.viz import label_overlay
@@ -174,7 +175,7 @@ def predict_folder(model_path: str | Path, images_dir: str | Path, out_dir: str 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Label every image in a folder with a trained segmenter (models/segmenter.pt).")
-    parser.add_argument("--model", type=Path, default=Path("models/segmenter.pt"), help="the segment stage's checkpoint (default: models/segmenter.pt)")
+    parser.add_argument("--model", type=Path, default=SEGMENTER, help=f"the segment stage's checkpoint (default: {SEGMENTER})")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (jpg, png, bmp, webp, tif; its subfolders are not read)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT/labels/<stem>.png and OUT/overlays/<stem>.jpg")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from pipeline.cams import list_methods, multiscale_cams, upsample_maps
 from pipeline.io import atomic_dir, save_seeds, write_json, write_label_png
 from pipeline.models import load_classifier
+from pipeline.paths import CLASSIFIER
 from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
 from pipeline.predict import BadImageError, _image_size, _load_rgb, list_images
 from pipeline.train import resolve_device, to_tensor
@@ -121,7 +122,7 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--classifier", required=True, help="models/classifier.pt of the train stage")
+    parser.add_argument("--classifier", default=str(CLASSIFIER), help=f"the train stage's checkpoint (default: {CLASSIFIER})")
     parser.add_argument("--images", required=True, help="a folder of images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="class probability to keep a class")

@@ -27,27 +27,27 @@ from pipeline.config import (
 from pipeline.data.index import DatasetIndex
 from pipeline.io import read_json
 
-PARAMS_FILE = Path("params.yaml")
-INDEX_FILE = Path("data/prepared/dataset.json")
-FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped view of links prepare builds (not a DVC output)
-
-# Every stage output, in one place (dvc.yaml names the same paths).
-CLASSIFIER = Path("models/classifier.pt")
-SEEDS = Path("outputs/seeds")
-MASKS = Path("outputs/masks")
-BOXES = Path("outputs/boxes.json")
-PSEUDO_LABELS = Path("outputs/pseudo_labels")  # the crf stage's VOC-shaped export
-AFFINITY_MODEL = Path("models/affinity.pt")
-AFFINITY_LABELS = Path("outputs/affinity_labels")  # IRN's confident labels the boundary net trains on
-REFINED = Path("outputs/refined")  # the refine stage's VOC-shaped export
-VIEW = Path("outputs/voc_view")  # links to the images and the exported labels; not a DVC output
-METRICS = Path("metrics")
-SEGMENTER = Path("models/segmenter.pt")  # the segment stage's network (trained on the pseudo-labels)
-SEGMENT_METRICS = METRICS / "segment.json"
-SEGMENTER_REFERENCE = Path("models/segmenter_gt.pt")  # the segment_reference stage's: the same recipe on the true masks
-SEGMENT_REFERENCE_METRICS = METRICS / "segment_reference.json"
-PLOTS = Path("plots")
-REPORTS = Path("reports")  # the evaluate stage's report: reports/index.html
+from pipeline.paths import (  # noqa: F401  (re-exported: the stages import their paths from here)
+    PARAMS_FILE,
+    INDEX_FILE,
+    FOLDER_VIEW,
+    CLASSIFIER,
+    SEEDS,
+    MASKS,
+    BOXES,
+    PSEUDO_LABELS,
+    AFFINITY_MODEL,
+    AFFINITY_LABELS,
+    REFINED,
+    VIEW,
+    METRICS,
+    SEGMENTER,
+    SEGMENT_METRICS,
+    SEGMENTER_REFERENCE,
+    SEGMENT_REFERENCE_METRICS,
+    PLOTS,
+    REPORTS,
+)
 
 SECTIONS: dict[str, type] = {
     "data": DataParams,

@@ -1,0 +1,28 @@
+"""Every file and folder the pipeline reads or writes, relative to the project root, in one place
+(dvc.yaml names the same paths). The stages import them through stages/common.py; the library's
+command-line tools use them as defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+INDEX_FILE = Path("data/prepared/dataset.json")
+FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped view of links prepare builds (not a DVC output)
+
+CLASSIFIER = Path("models/classifier.pt")
+SEEDS = Path("outputs/seeds")
+MASKS = Path("outputs/masks")
+BOXES = Path("outputs/boxes.json")
+PSEUDO_LABELS = Path("outputs/pseudo_labels")  # the crf stage's VOC-shaped export
+AFFINITY_MODEL = Path("models/affinity.pt")
+AFFINITY_LABELS = Path("outputs/affinity_labels")  # IRN's confident labels the boundary net trains on
+REFINED = Path("outputs/refined")  # the refine stage's VOC-shaped export
+VIEW = Path("outputs/voc_view")  # links to the images and the exported labels; not a DVC output
+METRICS = Path("metrics")
+SEGMENTER = Path("models/segmenter.pt")  # the segment stage's network (trained on the pseudo-labels)
+SEGMENT_METRICS = METRICS / "segment.json"
+SEGMENTER_REFERENCE = Path("models/segmenter_gt.pt")  # the segment_reference stage's: the same recipe on the true masks
+SEGMENT_REFERENCE_METRICS = METRICS / "segment_reference.json"
+PLOTS = Path("plots")
+REPORTS = Path("reports")  # the evaluate stage's report: reports/index.html

@@ -25,6 +25,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "InvalidIdError",
     "validate_id",
     "id_path",
@@ -42,6 +43,8 @@ __all__ = [
     "save_seeds",
     "load_seeds",
 ]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # image files a folder is read for
 
 
 log = logging.getLogger("wsl")

@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.io import atomic_path, write_label_png
+from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_label_png
 from pipeline.paths import SEGMENTER
 from pipeline.segment import load_segmenter, segment_images
 from pipeline.train import amp_dtype, resolve_device
@@ -54,7 +54,6 @@ __all__ = ["IMAGE_SUFFIXES", "BadImageError", "PredictSummary", "list_images", "
 
 log = logging.getLogger("wsl")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # what Pillow raises for a file that is not an image, is damaged, or is too large to decode
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 

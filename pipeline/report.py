@@ -20,22 +20,13 @@ import torch
 
 from pipeline.cams import guided_gradients, normalize_maps
 
-__all__ = ["PANELS", "per_image_miou", "worst_ids", "draw_boxes", "guided_gradcam_picture", "line_chart_svg",
+__all__ = ["PANELS", "worst_ids", "draw_boxes", "guided_gradcam_picture", "line_chart_svg",
            "bars_html", "confusion_html", "write_report"]
 
 # the picture strip of each worst image, left to right
 PANELS = ("image", "seeds", "Guided Grad-CAM", "seed mask", "CRF pseudo-label", "refined pseudo-label", "ground truth",
           "boxes (red: predicted, green: true)")
 _SERIES_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-
-
-def per_image_miou(confusion: np.ndarray) -> float:
-    """Mean IoU of one image's confusion matrix over the classes in its truth or its
-    prediction (NaN when the image has no valid pixel)."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
 
 
 def worst_ids(scores: Mapping[str, float], n: int) -> list[str]:

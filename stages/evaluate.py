@@ -27,8 +27,7 @@ from pipeline.io import atomic_dir, atomic_path, id_path, read_json, read_label_
 from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
                               iou_by_name, iou_per_class, mean_iou)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
-from pipeline.report import (draw_boxes, guided_gradcam_picture, line_chart_svg, per_image_miou, worst_ids,
-                             write_report)
+from pipeline.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
 from pipeline.train import to_tensor
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.export import VOC_SUBDIR
@@ -102,7 +101,7 @@ def main() -> None:
         masks_cm += confusion_matrix(mask, gt, n)
         pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
         pseudo.update(pl, sample.mask)
-        image_miou[image_id] = per_image_miou(confusion_matrix(np.where(pl == 255, 0, pl), gt, n))
+        image_miou[image_id] = mean_iou(confusion_matrix(np.where(pl == 255, 0, pl), gt, n))
         rl = read_label_png(id_path(REFINED_LABELS, image_id, ".png"))
         refined.update(rl, sample.mask)
         if len(overlays) < ev.num_overlays:

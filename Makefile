@@ -1,13 +1,14 @@
 # `make repro`: create the venv if needed, install, run the DVC pipeline on the built-in dataset.
 # `make test`:  create or update the same venv, run the test suite.
 # `make data-voc`: download PASCAL VOC 2012 + SBD into data/ (checksummed, resumable) and build train_aug.
+# `make data-coco`: download MS COCO 2014 (images + instance annotations) into data/coco (same checks).
 # `make bench`: run the benchmarks (tables on stdout, JSON in benchmarks/results/).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: repro test install clean-venv data-voc bench
+.PHONY: repro test install clean-venv data-voc data-coco bench
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ test: $(STAMP)
 
 data-voc: $(STAMP)
 	$(BIN)/python -m pipeline.download --dest data
+
+data-coco: $(STAMP)
+	$(BIN)/python -m pipeline.download coco --dest data
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cam_speed

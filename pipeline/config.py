@@ -71,9 +71,10 @@ class BuiltinParams:
 class DataParams:
     """Where the images come from (``data``)."""
 
-    source: str = field("builtin", choices=("builtin", "voc", "folder"))
+    source: str = field("builtin", choices=("builtin", "voc", "folder", "coco"))
     root: str = BUILTIN_ROOT  # builtin: the generator (a DVC dependency); voc: a VOC20xx folder or one holding
-    # VOCdevkit/ (make data-voc puts one in data/VOCdevkit)
+    # VOCdevkit/ (make data-voc puts one in data/VOCdevkit); folder: your images; coco: a COCO folder
+    # (annotations/instances_<split>.json, <split>/; make data-coco puts one in data/coco)
     train_list: str = field("train", nonempty=True)  # ids the classifier trains on and pseudo-labels are made for
     val_list: str = field("val", nonempty=True)  # ids the classifier's mAP is measured on
     eval_list: str = field("train", nonempty=True)  # ids with ground truth that seeds and pseudo-labels are scored on
@@ -82,6 +83,7 @@ class DataParams:
     labels_file: str = ""  # folder: the image-level labels (CSV or text; pipeline/data/folder.py); "": <root>/labels.csv
     classes_file: str = ""  # folder: class names, one per line; "": the order of first appearance in the labels
     masks_dir: str = ""  # folder: optional ground-truth masks <id>.png for scoring; "": none
+    processes: int = field(0, ge=0)  # coco: processes rendering the masks (0: one per core)
     use_difficult: bool = False
     verify_images: bool = True
     builtin: BuiltinParams = BuiltinParams()

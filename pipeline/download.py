@@ -1,4 +1,4 @@
-"""Download PASCAL VOC 2012 and SBD, verify, extract atomically, build train_aug.
+"""Download PASCAL VOC 2012 and SBD (and build train_aug), or MS COCO; verify, extract atomically.
 
 ``make data-voc`` runs ``python -m pipeline.download --dest data``, which leaves::
 
@@ -13,6 +13,13 @@ run), checked against its published MD5 (a mismatch is an error and nothing is
 extracted), extracted into a temporary folder beside the destination and renamed into
 place, then marked done with a stamp file; a second run finds the stamps and does
 nothing. The URLs and MD5s are the ones torchvision's VOC and SBD datasets publish.
+
+``make data-coco`` runs ``python -m pipeline.download coco --dest data``, which leaves
+``data/coco/{train2014,val2014,annotations}`` (the WSSS literature's COCO: 82,081
+training and 40,137 validation images; ``--year 2017`` for the 2017 split). COCO
+publishes no checksums: the MD5s below are the ETags of the archives on COCO's S3
+bucket (single-part uploads, so the ETag is the MD5), the same values GluonCV,
+PaddleNLP and MMDetection's download scripts check.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from tqdm import tqdm
 from pipeline.data.voc import DatasetError
 from pipeline.io import atomic_dir, atomic_path, id_path, read_id_file, write_label_png, write_text_lines
 
-__all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "DownloadError", "fetch", "extract", "install", "build_train_aug", "download_voc"]
+__all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "COCO", "DownloadError", "fetch", "extract", "install", "build_train_aug",
+           "download_voc", "download_coco"]
 
 log = logging.getLogger("wsl")
 CHUNK = 1 << 20
@@ -84,6 +92,25 @@ SBD = Archive(
     root="benchmark_RELEASE/dataset",
     members=("benchmark_RELEASE/dataset/cls/", "benchmark_RELEASE/dataset/train.txt", "benchmark_RELEASE/dataset/val.txt"),
 )
+
+_COCO_MD5 = {
+    "train2014.zip": "0da8c0bd3d6becc4dcb32757491aca88",
+    "val2014.zip": "a3d79f5ed8d289b7a7554ce06a5782b3",
+    "annotations_trainval2014.zip": "0a379cfc70b0e71301e0f377548639bd",
+    "train2017.zip": "cced6f7f71b7629ddf16f17bbcfab6b2",
+    "val2017.zip": "442b8da7639aecaf257c1dceb8ba8c80",
+    "annotations_trainval2017.zip": "f4bbac642086de4f52a3fdda2de5fa2c",
+}
+# year -> (train images, val images, annotations); each unpacks into data/coco/<root>
+COCO = {
+    year: tuple(
+        Archive(name=f"coco_{stem}", url=f"http://images.cocodataset.org/{folder}/{stem}.zip", filename=f"{stem}.zip",
+                md5=_COCO_MD5[f"{stem}.zip"], root=root)
+        for folder, stem, root in (("zips", f"train{year}", f"train{year}"), ("zips", f"val{year}", f"val{year}"),
+                                   ("annotations", f"annotations_trainval{year}", "annotations"))
+    )
+    for year in ("2014", "2017")
+}
 
 
 def md5sum(path: Path) -> str:
@@ -266,16 +293,13 @@ def download_voc(dest: Path, *, sbd: bool = True, base_url: str | None = None, d
     downloads = dest / "downloads"
     archives = [VOC2012_TRAINVAL] + ([SBD] if sbd else [])
 
-    def url(a: Archive) -> str:
-        return f"{base_url.rstrip('/')}/{a.filename}" if base_url else a.url
-
-    voc = install(VOC2012_TRAINVAL, dest, downloads, url=url(VOC2012_TRAINVAL), retries=retries, progress=progress)
+    voc = install(VOC2012_TRAINVAL, dest, downloads, url=_mirror(base_url, VOC2012_TRAINVAL), retries=retries, progress=progress)
     if sbd:
         aug_stamp = dest / ".downloads" / "train_aug.done"
         if aug_stamp.is_file() and (voc / "SegmentationClassAug").is_dir():
             log.info("train_aug: already built")
         else:
-            sbd_root = install(SBD, dest, downloads, url=url(SBD), extract_to=dest / "SBD", retries=retries, progress=progress)
+            sbd_root = install(SBD, dest, downloads, url=_mirror(base_url, SBD), extract_to=dest / "SBD", retries=retries, progress=progress)
             ids = build_train_aug(voc, sbd_root, progress=progress)
             with atomic_path(aug_stamp) as tmp:
                 tmp.write_text(f"{len(ids)} ids\n")
@@ -286,15 +310,46 @@ def download_voc(dest: Path, *, sbd: bool = True, base_url: str | None = None, d
     return voc
 
 
+def _mirror(base_url: str | None, archive: Archive) -> str:
+    """``archive``'s URL, or the same file name under ``base_url`` (a mirror, or a local server in tests)."""
+    return f"{base_url.rstrip('/')}/{archive.filename}" if base_url else archive.url
+
+
+def download_coco(dest: Path, *, year: str = "2014", base_url: str | None = None, delete_archives: bool = False,
+                  retries: int = 3, progress: bool = True) -> Path:
+    """The whole of ``make data-coco``: images and instance annotations of ``year`` in ``dest/coco``; returns it."""
+    if year not in COCO:
+        raise DownloadError(f"COCO {year}: unknown year (known: {', '.join(COCO)})")
+    dest = Path(dest)
+    downloads, root = dest / "downloads", dest / "coco"
+    for archive in COCO[year]:
+        install(archive, dest, downloads, url=_mirror(base_url, archive), extract_to=root, retries=retries, progress=progress)
+    if delete_archives:
+        for archive in COCO[year]:
+            (downloads / archive.filename).unlink(missing_ok=True)
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Download PASCAL VOC 2012 (+ SBD for train_aug) into DEST.")
-    parser.add_argument("--dest", type=Path, default=Path("data"), help="where VOCdevkit/ goes (default: data)")
-    parser.add_argument("--no-sbd", action="store_true", help="VOC 2012 only (no SegmentationClassAug / train_aug)")
+    parser = argparse.ArgumentParser(description="Download PASCAL VOC 2012 (+ SBD for train_aug) or MS COCO into DEST.")
+    parser.add_argument("dataset", nargs="?", choices=("voc", "coco"), default="voc", help="voc (default) or coco")
+    parser.add_argument("--year", choices=tuple(COCO), default="2014", help="coco: 2014 (the WSSS literature's) or 2017")
+    parser.add_argument("--dest", type=Path, default=Path("data"), help="where VOCdevkit/ or coco/ goes (default: data)")
+    parser.add_argument("--no-sbd", action="store_true", help="voc: VOC 2012 only (no SegmentationClassAug / train_aug)")
     parser.add_argument("--base-url", default=None, help="fetch every archive from this folder URL instead (a mirror)")
     parser.add_argument("--delete-archives", action="store_true", help="remove the archives after extraction")
     parser.add_argument("--retries", type=int, default=3)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.dataset == "coco":
+        try:
+            root = download_coco(args.dest, year=args.year, base_url=args.base_url, delete_archives=args.delete_archives,
+                                 retries=args.retries)
+        except (DownloadError, OSError) as err:
+            log.error("%s", err)
+            return 1
+        log.info("COCO %s ready at %s (params: data.source: coco, data.root: %s; params-coco.yaml)", args.year, root, root)
+        return 0
     try:
         voc = download_voc(args.dest, sbd=not args.no_sbd, base_url=args.base_url, delete_archives=args.delete_archives, retries=args.retries)
     except (DownloadError, DatasetError, OSError) as err:

@@ -9,6 +9,7 @@ from pathlib import Path
 PARAMS_FILE = Path("params.yaml")
 INDEX_FILE = Path("data/prepared/dataset.json")
 FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped view of links prepare builds (not a DVC output)
+COCO_VIEW = Path("data/coco_view")  # data.source coco: image links, rendered masks and XML boxes (not a DVC output)
 
 CLASSIFIER = Path("models/classifier.pt")
 SEEDS = Path("outputs/seeds")

@@ -31,6 +31,7 @@ from pipeline.paths import (  # noqa: F401  (re-exported: the stages import thei
     PARAMS_FILE,
     INDEX_FILE,
     FOLDER_VIEW,
+    COCO_VIEW,
     CLASSIFIER,
     SEEDS,
     MASKS,

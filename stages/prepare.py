@@ -7,24 +7,27 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.data.coco import build_coco_view
 from pipeline.data.folder import build_view
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
 from pipeline.config import BUILTIN_ROOT, NO_LIST, ConfigError
 from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
 from pipeline.io import atomic_dir, write_json
-from stages.common import FOLDER_VIEW, INDEX_FILE, load_params, log, run
+from stages.common import COCO_VIEW, FOLDER_VIEW, INDEX_FILE, load_params, log, run
 
 OUT = INDEX_FILE.parent
 
 
 def main() -> None:
     (data,) = load_params("data")
-    if data.source not in ("builtin", "voc", "folder"):
-        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc, folder")
-    given_labels = None
+    if data.source not in ("builtin", "voc", "folder", "coco"):
+        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc, folder, coco")
+    given_labels, list_names = None, {}
     if data.source == "folder":
         given_labels = _folder_view(data)
+    elif data.source == "coco":
+        list_names = _coco_view(data)
     with atomic_dir(OUT) as tmp:
         if data.source == "builtin":
             b = data.builtin
@@ -33,6 +36,8 @@ def main() -> None:
             scan_root, final_root = find_voc_root(tmp / "builtin"), OUT / "builtin" / "VOCdevkit" / "VOC2012"
         elif data.source == "folder":
             scan_root = final_root = FOLDER_VIEW / "VOC2012"
+        elif data.source == "coco":
+            scan_root = final_root = COCO_VIEW / "VOC2012"
         else:
             if data.root == BUILTIN_ROOT:
                 raise ConfigError(f"data.source is voc but data.root is still the built-in generator ({BUILTIN_ROOT}); "
@@ -46,7 +51,7 @@ def main() -> None:
                 splits[split], skipped[split] = [], []
                 continue
             try:
-                voc = VOCDataset(scan_root, ids, use_difficult=data.use_difficult, labels=given_labels)
+                voc = VOCDataset(scan_root, list_names.get(ids, ids), use_difficult=data.use_difficult, labels=given_labels)
             except DatasetError as err:
                 key = {"train": "train_list", "val": "val_list", "eval": "eval_list", "seg_val": "seg_val_list"}[split]
                 hint = f" (or {NO_LIST!r}: no held-out set for the segment stage)" if split == "seg_val" else ""
@@ -99,6 +104,22 @@ def _folder_view(data) -> dict[str, list[int]]:
     log.info("folder dataset: %d images, %d classes (%s), view of links in %s", len(labels), len(classes),
              ", ".join(classes[:8]) + (" ..." if len(classes) > 8 else ""), FOLDER_VIEW)
     return labels
+
+
+def _coco_view(data) -> dict[str, str]:
+    """data.source coco: links to the images, the masks rendered from the annotations and the boxes as VOC
+    XML, in COCO_VIEW (outside data/prepared, as the folder view); returns each list's name in the view."""
+    if data.root == BUILTIN_ROOT:
+        raise ConfigError(f"data.source is coco but data.root is still the built-in generator ({BUILTIN_ROOT}); "
+                          "set data.root to a COCO folder (make data-coco: data/coco)")
+    lists = [data.train_list, data.val_list, data.eval_list] + ([data.seg_val_list] if data.seg_val_list != NO_LIST else [])
+    with atomic_dir(COCO_VIEW) as tmp:
+        try:
+            _, classes, names = build_coco_view(data.root, tmp, lists, processes=data.processes, progress=tqdm)
+        except DatasetError as err:
+            raise DatasetError(f"data (source coco): {err}") from None
+    log.info("COCO dataset: %d classes, lists %s, view in %s", len(classes), ", ".join(names.values()), COCO_VIEW)
+    return names
 
 
 if __name__ == "__main__":

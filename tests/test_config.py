@@ -51,7 +51,7 @@ def test_type_errors():
         (TrainParams, "train", {"lr": 0}, r"train\.lr: 0\.0 is outside the valid range \(0\.0, inf\)"),
         (TrainParams, "train", {"optimizer": "adam"}, r"train\.optimizer: 'adam' is not one of adamw, sgd"),
         (TrainParams, "train", {"processes": 0}, r"train\.processes"),
-        (DataParams, "data", {"source": "coco"}, r"data\.source: 'coco' is not one of builtin, voc"),
+        (DataParams, "data", {"source": "imagenet"}, r"data\.source: 'imagenet' is not one of builtin, voc, folder, coco"),
         (DataParams, "data", {"train_list": " "}, r"data\.train_list: must not be empty"),
         (DataParams, "data", {"builtin": {"num_train": 0}}, r"data\.builtin\.num_train: 0 is outside"),
         (EvaluateParams, "evaluate", {"bg_sweep_step": 0}, r"evaluate\.bg_sweep_step"),
@@ -88,7 +88,7 @@ def test_load_params_rejects_unknown_section_and_key(tmp_path):
     assert train.epochs == 2
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml"])
+@pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml", "params-coco.yaml"])
 def test_shipped_params_files_validate(name):
     from pathlib import Path
 

@@ -5,6 +5,7 @@ import http.server
 import io
 import tarfile
 import threading
+import zipfile
 
 import numpy as np
 import pytest
@@ -243,3 +244,57 @@ def test_existing_foreign_folder_is_not_overwritten(server, archives, tmp_path):
     (dest / "VOCdevkit" / "VOC2012").mkdir(parents=True)
     with pytest.raises(dl.DownloadError, match="not installed by this tool"):
         dl.download_voc(dest, base_url=server.url, progress=False)
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_download_coco_resumes_verifies_and_is_idempotent(server, tmp_path, monkeypatch):
+    """COCO's three archives from a local server, into data/coco, then read by the COCO view."""
+    from test_coco import _coco_from_builtin
+
+    from pipeline.data.coco import build_coco_view
+
+    source, _, _ = _coco_from_builtin(tmp_path / "src", num_train=3, num_val=2)
+    files = {
+        "train2014.zip": _zip({f"train2014/{p.name}": p.read_bytes() for p in (source / "train2014").iterdir()}),
+        "val2014.zip": _zip({f"val2014/{p.name}": p.read_bytes() for p in (source / "val2014").iterdir()}),
+        "annotations_trainval2014.zip": _zip({f"annotations/{p.name}": p.read_bytes() for p in (source / "annotations").iterdir()}),
+    }
+    server.files.update(files)
+    monkeypatch.setattr(dl, "COCO", {"2014": tuple(dl.dataclasses.replace(a, md5=_md5(files[a.filename])) for a in dl.COCO["2014"])})
+    server.drop_after["train2014.zip"] = len(files["train2014.zip"]) // 2
+    root = dl.download_coco(tmp_path / "data", base_url=server.url, progress=False)
+    assert root == tmp_path / "data" / "coco"
+    assert ("train2014.zip", f"bytes={len(files['train2014.zip']) // 2}-") in server.requests  # resumed
+    assert sorted(p.name for p in root.iterdir()) == ["annotations", "train2014", "val2014"]
+    view, classes, _ = build_coco_view(root, tmp_path / "view", ["train2014", "val2014"], processes=1)
+    assert len(list((view / "SegmentationClass").glob("*.png"))) == 5 and len(classes) > 0
+    server.requests.clear()
+    assert dl.download_coco(tmp_path / "data", base_url=server.url, progress=False) == root
+    assert server.requests == []  # idempotent: the stamps say done
+
+
+def test_download_coco_refuses_a_corrupt_archive(server, tmp_path, monkeypatch):
+    files = {a.filename: _zip({f"{a.root}/x.txt": a.filename.encode()}) for a in dl.COCO["2014"]}
+    server.files.update(files)
+    good = {name: _md5(data) for name, data in files.items()}
+    server.files["val2014.zip"] = _zip({"val2014/x.txt": b"tampered"})
+    monkeypatch.setattr(dl, "COCO", {"2014": tuple(dl.dataclasses.replace(a, md5=good[a.filename]) for a in dl.COCO["2014"])})
+    with pytest.raises(dl.DownloadError, match="val2014.zip: checksum mismatch"):
+        dl.download_coco(tmp_path / "data", base_url=server.url, progress=False)
+    assert (tmp_path / "data/coco/train2014/x.txt").is_file() and not (tmp_path / "data/coco/val2014").exists()
+    assert not (tmp_path / "data/downloads/val2014.zip").exists() and not (tmp_path / "data/downloads/val2014.zip.part").exists()
+
+
+def test_coco_archives_have_the_published_names(tmp_path):
+    names = {a.url for a in dl.COCO["2014"]}
+    assert names == {"http://images.cocodataset.org/zips/train2014.zip", "http://images.cocodataset.org/zips/val2014.zip",
+                     "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"}
+    assert dl.main(["coco", "--year", "2014", "--dest", str(tmp_path), "--base-url", "http://127.0.0.1:9", "--retries", "0"]) == 1
+    assert not (tmp_path / "coco").exists()  # nothing fetched, nothing extracted

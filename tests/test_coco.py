@@ -1,0 +1,169 @@
+"""data.source coco: masks rendered from polygons and RLEs, the VOC-shaped view, and every stage on a tiny COCO
+set made here from the built-in generator."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from pycocotools import mask as mask_utils
+
+from pipeline.data.coco import build_coco_view, render_mask
+from pipeline.data.voc import DatasetError, VOCDataset
+from pipeline.io import read_label_png
+from test_stages import run_stage
+
+
+def runs(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE, written out longhand: column-major run lengths, starting with a run of zeros."""
+    flat = [int(v) for column in mask.T for v in column]
+    counts, current, length = [], 0, 0
+    for v in flat:
+        if v == current:
+            length += 1
+        else:
+            counts.append(length)
+            current, length = v, 1
+    counts.append(length)
+    return {"counts": counts, "size": list(mask.shape)}
+
+
+def compressed(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"counts": rle["counts"].decode(), "size": rle["size"]}
+
+
+def box(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def test_render_mask_paints_small_instances_over_large_and_crowds_as_void():
+    h, w = 12, 10
+    big = np.zeros((h, w), bool)
+    big[1:9, 1:9] = True
+    small = np.zeros((h, w), bool)
+    small[3:6, 4:7] = True
+    crowd = np.zeros((h, w), bool)
+    crowd[7:12, 0:10] = True
+    anns = [  # the small one first in the file: painting order must come from the area, not the file order
+        {"segmentation": compressed(small), "area": small.sum(), "iscrowd": 0, "label": 2},
+        {"segmentation": runs(crowd), "area": crowd.sum(), "iscrowd": 1, "label": 0},
+        {"segmentation": runs(big), "area": big.sum(), "iscrowd": 0, "label": 0},
+    ]
+    got = render_mask(h, w, anns)
+    expected = np.zeros((h, w), np.uint8)  # pixel by pixel: the smallest non-crowd instance there, else void in a crowd
+    for y in range(h):
+        for x in range(w):
+            if small[y, x]:
+                expected[y, x] = 3
+            elif big[y, x]:
+                expected[y, x] = 1
+            elif crowd[y, x]:
+                expected[y, x] = 255
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_render_mask_decodes_polygons_as_pycocotools_does():
+    polygon = [[2.0, 2.0, 8.0, 2.0, 8.0, 9.0, 2.0, 9.0]]
+    reference = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygon, 12, 10))).astype(bool)
+    got = render_mask(12, 10, [{"segmentation": polygon, "area": 42.0, "iscrowd": 0, "label": 4}])
+    assert reference.sum() > 30
+    np.testing.assert_array_equal(got, np.where(reference, 5, 0).astype(np.uint8))
+
+
+def _coco_from_builtin(tmp_path, num_train=24, num_val=8):
+    """The built-in generator's images as a COCO folder: one annotation per class per image (an RLE of its pixels,
+    every other one a polygon-free compressed RLE), the masks' void borders as crowd regions, and category ids
+    that are not 1..K."""
+    from pipeline.data.synthetic import generate_dataset
+
+    voc = VOCDataset(generate_dataset(tmp_path / "gen", num_train=num_train, num_val=num_val, image_size=64, seed=3), "trainval")
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    cat_ids = [10 * (c + 1) + 3 for c in range(len(voc.classes))]
+    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(cat_ids, voc.classes)]
+    masks = {}
+    for split, ids in (("train2014", voc.ids[:num_train]), ("val2014", voc.ids[num_train:])):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for n, image_id in enumerate(ids):
+            file_name = f"COCO_{split}_{n:012d}.jpg"
+            shutil.copyfile(voc.image_path(image_id), root / split / file_name)
+            mask = voc.load_mask(image_id)
+            masks[file_name[:-4]] = mask
+            images.append({"id": 1000 + n, "file_name": file_name, "height": mask.shape[0], "width": mask.shape[1]})
+            for c in np.unique(mask):
+                region = mask == c
+                if c == 0:
+                    continue
+                crowd = int(c == 255)
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": 1000 + n, "category_id": cat_ids[0] if crowd else cat_ids[c - 1],
+                    "segmentation": runs(region) if crowd or len(annotations) % 2 else compressed(region),
+                    "area": float(region.sum()), "bbox": box(region), "iscrowd": crowd,
+                })
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": categories}))
+    return root, voc, masks
+
+
+def test_view_masks_labels_boxes_and_subsets(tmp_path):
+    root, voc, masks = _coco_from_builtin(tmp_path, num_train=6, num_val=3)
+    subset = tmp_path / "some.txt"
+    subset.write_text("COCO_val2014_000000000001\nCOCO_val2014_000000000002\n")
+    view, classes, names = build_coco_view(root, tmp_path / "view", ["train2014", f"val2014:{subset}"], processes=1)
+    assert classes == voc.classes and names == {"train2014": "train2014", f"val2014:{subset}": "val2014_some"}
+    train = VOCDataset(view, "train2014")
+    assert train.ids == [f"COCO_train2014_{n:012d}" for n in range(6)]
+    for n, image_id in enumerate(train.ids):  # the masks come back exactly, void borders included (crowd)
+        np.testing.assert_array_equal(read_label_png(view / "SegmentationClass" / f"{image_id}.png"), masks[image_id])
+        assert train.labels(image_id) == voc.labels(voc.ids[n])
+        boxes, labels = train.load_annotation(image_id)
+        assert sorted(labels.tolist()) == list(voc.labels(voc.ids[n])) and (boxes[:, 2:] > boxes[:, :2]).all()
+    assert VOCDataset(view, "val2014_some").ids == ["COCO_val2014_000000000001", "COCO_val2014_000000000002"]
+    assert not (view / "JPEGImages" / "COCO_val2014_000000000000.jpg").exists()  # outside every list: not rendered
+
+
+def test_view_errors_name_the_file(tmp_path):
+    root, _, _ = _coco_from_builtin(tmp_path, num_train=2, num_val=1)
+    with pytest.raises(DatasetError, match=r"instances_test2014.json: no COCO instances file.*splits found: train2014, val2014"):
+        build_coco_view(root, tmp_path / "v1", ["test2014"], processes=1)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("COCO_val2014_000000000099\n")
+    with pytest.raises(DatasetError, match=r"bad.txt: 1 id\(s\) are not images of .*instances_val2014.json"):
+        build_coco_view(root, tmp_path / "v2", [f"val2014:{bad}"], processes=1)
+    (root / "train2014" / "COCO_train2014_000000000001.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"COCO_train2014_000000000001.jpg: image .* not found"):
+        build_coco_view(root, tmp_path / "v3", ["train2014"], processes=1)
+    with pytest.raises(DatasetError, match="no COCO layout found"):
+        build_coco_view(tmp_path / "nothing", tmp_path / "v4", ["train2014"], processes=1)
+
+
+def test_every_stage_runs_on_a_tiny_coco_set(tmp_path):
+    root, voc, masks = _coco_from_builtin(tmp_path)
+    params = {
+        "data": {"source": "coco", "root": str(root), "train_list": "train2014", "val_list": "val2014",
+                 "eval_list": "train2014", "seg_val_list": "val2014", "processes": 2},
+        "model": {"backbone": "resnet18", "weights": "none"},
+        "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
+        "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0], "flip": False},
+        "crf": {"processes": 1, "iterations": 2},
+        "refine": {"method": "par", "device": "cpu"},
+        "evaluate": {"faithfulness": False, "report_images": 4},
+    }
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    for stage in ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "evaluate"):
+        result = run_stage(cwd, stage)
+        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    index = json.loads((cwd / "data/prepared/dataset.json").read_text())
+    assert index["classes"] == list(voc.classes)
+    assert len(index["splits"]["train"]) == 24 and len(index["splits"]["seg_val"]) == 8
+    seeds = json.loads((cwd / "metrics/seeds.json").read_text())
+    assert seeds["num_images"] == 24 and 0.0 < seeds["miou_at_params_bg"] <= 1.0
+    pseudo = json.loads((cwd / "metrics/pseudo_labels.json").read_text())
+    assert 0.0 < pseudo["miou"] <= 1.0
+    assert json.loads((cwd / "metrics/boxes.json").read_text())["num_gt_boxes"] > 0

@@ -50,6 +50,7 @@ def field(default: Any, **check: Any) -> Any:
 
 
 UNIT = dict(ge=0.0, le=1.0)  # thresholds and fractions of maps that live in [0, 1]
+BG_AUTO = "auto"  # postprocess.bg chosen by the pipeline (pipeline/postprocess.py, choose_bg)
 BUILTIN_ROOT = "pipeline/data/synthetic.py"  # data.root of the built-in dataset: its generator, which prepare depends on
 
 # The defaults below are the values of params.yaml (the built-in dataset's recipe); a test checks
@@ -144,8 +145,13 @@ class CamParams:
 class PostprocessParams:
     """Seeds to masks and boxes (``postprocess``)."""
 
-    bg: float = field(0.5, **UNIT)
+    bg: float | str = field(0.5, **UNIT)  # a threshold, or "auto": from calibration_list when set, else each image's Otsu
     box_fraction: float = field(0.5, **UNIT)
+    calibration_list: str = ""  # bg auto: ids with masks (a list name or a file; all in data.train_list); "": none
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bg, str) and self.bg != BG_AUTO:
+            raise ConfigError(f"postprocess.bg: {self.bg!r} is neither a number in [0, 1] nor {BG_AUTO!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,7 +282,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        errors = []
+        for option in inner:  # the first type that takes the value
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: expected {' or '.join(getattr(a, '__name__', str(a)) for a in inner)}, got {value!r}")
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -8,6 +8,13 @@ component, and a second set has one box per component. A third set, one box
 around all of a class's pixels, is kept because on real VOC images it scored 11
 points of box accuracy above the largest component (48% against 37%): the
 largest component often spans only one of several objects of a class.
+
+The background threshold without ground truth (``postprocess.bg: auto``): with a
+calibration list of ids that have masks, the grid value of best mIoU over them
+(:func:`calibrate_bg`, as wsolevaluation's few-shot protocol picks its thresholds); with
+none, each image's own Otsu threshold of its foreground score (:func:`otsu_threshold`:
+no parameter at all). Measured on the 240-image VOC sample in the README ("Choosing the
+background threshold without ground truth").
 """
 
 from __future__ import annotations
@@ -18,6 +25,10 @@ import torch
 
 __all__ = [
     "BOX_SETS",
+    "CALIBRATION_GRID",
+    "otsu_threshold",
+    "calibrate_bg",
+    "image_bg",
     "foreground",
     "labels_at_threshold",
     "seeds_to_mask",
@@ -25,6 +36,50 @@ __all__ = [
 ]
 
 BOX_SETS = ("largest", "components", "union")
+CALIBRATION_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))  # bg auto with a calibration list: 0.05 ... 0.95
+OTSU_BINS = 256
+
+
+def otsu_threshold(score: torch.Tensor, bins: int = OTSU_BINS) -> float:
+    """Otsu's threshold of values in [0, 1] (Otsu 1979): over ``bins`` equal bins, the bin
+    edge that maximises the between-class variance of the values below and above it.
+
+    A pixel is foreground when its score is above the returned value (as
+    :func:`labels_at_threshold`). Values with no split at all (one bin occupied) give 0.5.
+    Runs on the tensor's device.
+    """
+    hist = torch.histc(score.detach().float().clamp(0, 1), bins=bins, min=0.0, max=1.0).double()
+    total = hist.sum()
+    if total == 0:
+        return 0.5
+    p = hist / total
+    centers = (torch.arange(bins, device=p.device, dtype=p.dtype) + 0.5) / bins
+    w0 = p.cumsum(0)  # weight of bins 0..k
+    m0 = (p * centers).cumsum(0)
+    between = (m0[-1] * w0 - m0) ** 2 / (w0 * (1 - w0))  # (mu_T w0 - mu0)^2 / (w0 w1); NaN/inf where one side is empty
+    between = torch.where((w0 > 1e-12) & (w0 < 1 - 1e-12), between, torch.full_like(between, -1.0))
+    if float(between.max()) < 0:
+        return 0.5
+    return (int(torch.argmax(between)) + 1) / bins
+
+
+def calibrate_bg(confusions: np.ndarray, grid: tuple[float, ...] = CALIBRATION_GRID) -> tuple[float, list[float]]:
+    """The grid value of best mIoU given ``(len(grid), n, n)`` confusion matrices summed over
+    the calibration images (the lowest one on a tie), and the mIoU at each grid value."""
+    from pipeline.metrics import mean_iou
+
+    if len(confusions) != len(grid):
+        raise ValueError(f"{len(confusions)} confusion matrices for a grid of {len(grid)}")
+    miou = [mean_iou(c) for c in confusions]
+    return float(grid[int(np.nanargmax(miou))]), [round(float(m), 4) for m in miou]
+
+
+def image_bg(record: dict, image_id: str) -> float:
+    """The background threshold an image's mask was made with, from the ``bg`` record the
+    postprocess stage writes in ``boxes.json``."""
+    if record["mode"] == "otsu":
+        return float(record["per_image"][image_id])
+    return float(record["value"])
 
 
 def foreground(maps: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,7 +53,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def main() -> None:
-    (post, ev, cam_p, refine_p) = load_params("postprocess", "evaluate", "cam", "refine")
+    (ev, cam_p, refine_p) = load_params("evaluate", "cam", "refine")
     index = load_index()
     names = ["background", *index.classes]
     n = len(names)
@@ -110,7 +110,7 @@ def main() -> None:
                       label_overlay(sample.image, rl), label_overlay(sample.image, sample.mask)]
             overlays.append((image_id, side_by_side(panels)))
     if scored:
-        _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, post, refine_p)
+        _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, boxes_file["bg"], refine_p)
     else:  # every stage runs without masks: the metrics say what was not scored and why (no NaN for a plot)
         reason = (f"none of the {len(voc)} eval ids has a ground-truth mask (SegmentationClass/ in {voc.root}; "
                   "data.masks_dir for a folder dataset), so nothing was scored against masks")
@@ -153,7 +153,7 @@ def main() -> None:
            iou_by_name(iou_per_class(pseudo.full), names), pseudo.full, names, charts)
 
 
-def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, post, refine_p) -> None:
+def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, bg_record, refine_p) -> None:
     """metrics/{seeds,masks,pseudo_labels,refined}.json, plots/bg_sweep.csv, plots/per_class_iou.csv, plots/pxap.csv."""
     sweep_miou = np.array([mean_iou(cm) for cm in sweep])
     best = int(np.nanargmax(sweep_miou))
@@ -167,7 +167,8 @@ def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, score
         **iou_by_name(seeds_iou, names),
     })
     masks_iou = iou_per_class(masks_cm)
-    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": post.bg, **iou_by_name(masks_iou, names)})
+    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": bg_record["value"] if bg_record["mode"] != "otsu" else bg_record["median"],
+                                          "bg_mode": bg_record["mode"], **iou_by_name(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
     write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **iou_by_name(pl_iou, names)})
     refined_iou = iou_per_class(refined.full)

@@ -18,14 +18,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
-from pipeline.io import atomic_dir, id_path, load_seeds, write_label_png
+from pipeline.io import atomic_dir, id_path, load_seeds, read_json, write_label_png
+from pipeline.postprocess import image_bg
 from pipeline.refine import load_boundary_net, refine_with_par, refine_with_walk
 from pipeline.train import resolve_device, to_tensor
-from stages.common import AFFINITY_MODEL, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
+from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
 
 
 def main() -> None:
-    refine_p, post_p, data_p = load_params("refine", "postprocess", "data")
+    refine_p, data_p = load_params("refine", "data")
     index = load_index()
     ids = index.splits["train"]
     voc = index.dataset("train")
@@ -35,6 +36,7 @@ def main() -> None:
         net, ckpt = load_boundary_net(AFFINITY_MODEL, device)
         net = net.to(memory_format=torch.channels_last)
     crf_labels = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
+    bg_record = read_json(BOXES)["bg"] if refine_p.method == "par" else None  # the masks' background threshold
     start = time.perf_counter()
     with atomic_dir(REFINED) as tmp:
         labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
@@ -57,7 +59,7 @@ def main() -> None:
                 picture = (boundary.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
                 Image.fromarray(picture).save(id_path(tmp / "boundaries", image_id, ".png"))
             else:
-                labels = refine_with_par(image, maps_t, classes_t, bg=post_p.bg, dilations=refine_p.par_dilations,
+                labels = refine_with_par(image, maps_t, classes_t, bg=image_bg(bg_record, image_id), dilations=refine_p.par_dilations,
                                          iterations=refine_p.par_iterations, downscale=refine_p.par_downscale, device=device)
             write_label_png(out, labels.cpu().numpy().astype(np.uint8))
         write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))

@@ -1,7 +1,10 @@
 import numpy as np
 import torch
 
-from pipeline.postprocess import foreground, labels_at_threshold, seeds_to_boxes, seeds_to_mask
+import pytest
+
+from pipeline.postprocess import (CALIBRATION_GRID, calibrate_bg, foreground, labels_at_threshold, otsu_threshold,
+                                  seeds_to_boxes, seeds_to_mask)
 
 
 def test_mask_argmax_with_background_plane():
@@ -48,3 +51,52 @@ def test_no_class_is_all_background_and_no_box():
     mask = seeds_to_mask(_torch.zeros(0, 5, 7), _torch.zeros(0, dtype=_torch.long), 0.3)
     assert mask.shape == (5, 7) and mask.dtype == _torch.uint8 and int(mask.max()) == 0
     assert seeds_to_boxes(np.zeros((0, 5, 7), np.float32), np.zeros(0, np.int64), 0.5) == {"largest": [], "components": [], "union": []}
+
+
+def _otsu_reference(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu written out: each bin edge k/bins, the weights and means of both sides by explicit sums over the
+    binned values, the between-class variance w0 * w1 * (m0 - m1) ** 2, the first edge of the largest."""
+    index = np.minimum((values * bins).astype(int), bins - 1)
+    center = (index + 0.5) / bins
+    best, best_k = -1.0, None
+    for k in range(1, bins):
+        low, high = center[index < k], center[index >= k]
+        if low.size == 0 or high.size == 0:
+            continue
+        w0, w1 = low.size / values.size, high.size / values.size
+        between = w0 * w1 * (low.mean() - high.mean()) ** 2
+        if between > best + 1e-15:
+            best, best_k = between, k
+    return best_k / bins
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_otsu_threshold_matches_the_longhand_definition(seed):
+    rng = np.random.default_rng(seed)
+    low = rng.beta(2, 8, size=900)  # a dark background mode and a bright object mode of random weights
+    high = rng.beta(8, 2, size=int(rng.integers(100, 900)))
+    values = np.concatenate([low, high]).astype(np.float32)
+    got = otsu_threshold(torch.from_numpy(values).reshape(1, -1))
+    assert got == pytest.approx(_otsu_reference(values), abs=1e-9)
+    assert 0.2 < got < 0.8
+
+
+def test_otsu_threshold_splits_two_levels_and_falls_back_on_one():
+    score = torch.full((10, 10), 0.2)
+    score[:, 5:] = 0.7
+    t = otsu_threshold(score)
+    assert 0.2 < t <= 0.7 and torch.equal(labels_at_threshold(score, torch.ones(10, 10, dtype=torch.long), t) > 0, score > 0.5)
+    assert otsu_threshold(torch.full((4, 4), 0.3)) == 0.5 and otsu_threshold(torch.zeros(0)) == 0.5
+
+
+def test_calibrate_bg_picks_the_grid_value_of_best_miou():
+    from pipeline.metrics import confusion_matrix
+
+    score = torch.linspace(0, 1, 1000).reshape(10, 100)
+    label = torch.ones_like(score, dtype=torch.long)
+    gt = (score > 0.42).long()  # the true object: scores above 0.42; on the grid 0.40 costs less than 0.45
+    confusions = np.stack([confusion_matrix(labels_at_threshold(score, label, t), gt, 2) for t in CALIBRATION_GRID])
+    value, miou = calibrate_bg(confusions)
+    assert value == 0.4 and len(miou) == len(CALIBRATION_GRID) and max(miou) == miou[CALIBRATION_GRID.index(0.4)]
+    with pytest.raises(ValueError, match="for a grid of"):
+        calibrate_bg(confusions[:3])

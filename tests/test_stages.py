@@ -548,3 +548,65 @@ def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
     assert metrics["processes"] == 2 and 0 <= metrics["miou"] <= 1
     model, ckpt = load_segmenter(tmp_path / "models/segmenter_gt.pt", torch.device("cpu"))
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, tmp_path):
+    """bg auto: each image's Otsu threshold with no calibration list; with one, the grid value of best mIoU over
+    its ids (recomputed here from the seeds and masks with a confusion matrix of our own)."""
+    import shutil
+
+    from pipeline.cams import load_seed_maps
+    from pipeline.postprocess import CALIBRATION_GRID, otsu_threshold
+
+    for sub in ("data/prepared", "outputs/seeds"):
+        shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)
+    index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+    root = Path(index["root"]) if Path(index["root"]).is_absolute() else tmp_path / index["root"]
+    ids = index["splits"]["train"]
+
+    def score_and_label(image_id):
+        full, class_ids, _ = load_seed_maps(tmp_path / "outputs/seeds" / f"{image_id}.npz")
+        score, arg = full.max(dim=0)
+        return score, class_ids[arg.numpy()] + 1
+
+    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto"}})
+    result = run_stage(tmp_path, "postprocess")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "outputs/boxes.json").read_text())["bg"]
+    assert record["mode"] == "otsu" and sorted(record["per_image"]) == sorted(ids)
+    for image_id in ids[:6]:
+        score, label = score_and_label(image_id)
+        t = otsu_threshold(score)
+        assert record["per_image"][image_id] == t
+        np.testing.assert_array_equal(read_label_png(tmp_path / "outputs/masks" / f"{image_id}.png"),
+                                      np.where(score.numpy() > t, label, 0))
+
+    calibration = ids[:10]
+    (tmp_path / "calib.txt").write_text("\n".join(calibration) + "\n")
+    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto", "calibration_list": str(tmp_path / "calib.txt")}})
+    result = run_stage(tmp_path, "postprocess")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "outputs/boxes.json").read_text())["bg"]
+    n = len(index["classes"]) + 1
+    miou = []
+    for t in CALIBRATION_GRID:
+        cm = np.zeros((n, n), np.int64)
+        for image_id in calibration:
+            score, label = score_and_label(image_id)
+            pred = np.where(score.numpy() > t, label, 0)
+            gt = read_label_png(root / "SegmentationClass" / f"{image_id}.png")
+            keep = gt != 255
+            cm += np.bincount(gt[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
+        present = cm.sum(0) + cm.sum(1) > 0
+        iou = np.diag(cm) / np.maximum(cm.sum(0) + cm.sum(1) - np.diag(cm), 1)
+        miou.append(iou[present].mean())
+    assert record["mode"] == "calibration" and record["value"] == CALIBRATION_GRID[int(np.argmax(miou))]
+    assert record["calibration"]["num_images"] == 10
+    np.testing.assert_allclose(record["calibration"]["miou"], miou, atol=1e-4)
+    score, label = score_and_label(ids[-1])  # every mask at the chosen value
+    np.testing.assert_array_equal(read_label_png(tmp_path / "outputs/masks" / f"{ids[-1]}.png"),
+                                  np.where(score.numpy() > record["value"], label, 0))
+
+    (tmp_path / "calib.txt").write_text(index["splits"]["val"][0] + "\n")
+    result = run_stage(tmp_path, "postprocess")
+    assert result.returncode != 0 and "postprocess.calibration_list: 1 id(s) are not in data.train_list" in result.stderr

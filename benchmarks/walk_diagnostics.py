@@ -37,9 +37,9 @@ from tqdm import tqdm
 from benchmarks._common import print_table, write_results
 from pipeline.cams import upsample_maps
 from pipeline.crf import refine_mask
-from pipeline.io import id_path, load_seeds
+from pipeline.io import id_path, load_seeds, read_json
 from pipeline.metrics import confusion_matrix, mean_iou
-from pipeline.postprocess import seeds_to_mask
+from pipeline.postprocess import image_bg, seeds_to_mask
 from pipeline.random_walk import background_plane, random_walk, walk_labels, walked_labels
 from pipeline.refine import cell_labels
 from pipeline.data.voc import IGNORE_INDEX
@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
-    from stages.common import REFINED, SEEDS, load_index, load_params  # relative to the run folder
+    from stages.common import BOXES, REFINED, SEEDS, load_index, load_params  # relative to the run folder
 
-    refine_p, post_p, crf_p = load_params("refine", "postprocess", "crf")
+    refine_p, crf_p = load_params("refine", "crf")
+    bg_record = read_json(BOXES)["bg"]  # the background threshold the run's masks were made with
     crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
     index = load_index()
     voc = index.dataset("eval")
@@ -95,7 +96,7 @@ def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
         maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
         mask = voc.load_mask(image_id, size)
         maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(class_ids)
-        seeds = seeds_to_mask(upsample_maps(maps_t, size), classes_t, post_p.bg)
+        seeds = seeds_to_mask(upsample_maps(maps_t, size), classes_t, image_bg(bg_record, image_id))
         image = voc.load_image(image_id) if args.crf else None
 
         def score(name: str, labels: torch.Tensor) -> None:
@@ -120,7 +121,7 @@ def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:
     scores = {c: round(mean_iou(m), 4) for c, m in confusion.items()}
     print_table(["boundary / background rule", "mIoU"], [[c, v] for c, v in scores.items()])
     write_results(args.name, {"run": str(Path(args.run).resolve()), "num_images": len(ids), "radius": refine_p.radius,
-                              "beta": refine_p.beta, "steps": refine_p.steps, "seeds_bg": post_p.bg, "crf": args.crf, "miou": scores},
+                              "beta": refine_p.beta, "steps": refine_p.steps, "seeds_bg": bg_record, "crf": args.crf, "miou": scores},
                   out_dir=results_dir)
     return scores
 

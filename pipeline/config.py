@@ -50,7 +50,7 @@ def field(default: Any, **check: Any) -> Any:
 
 
 UNIT = dict(ge=0.0, le=1.0)  # thresholds and fractions of maps that live in [0, 1]
-BG_AUTO = "auto"  # postprocess.bg chosen by the pipeline (pipeline/postprocess.py, choose_bg)
+AUTO = "auto"  # postprocess.bg and box_fraction chosen by the pipeline (pipeline/postprocess.py)
 BUILTIN_ROOT = "pipeline/data/synthetic.py"  # data.root of the built-in dataset: its generator, which prepare depends on
 
 # The defaults below are the values of params.yaml (the built-in dataset's recipe); a test checks
@@ -146,12 +146,14 @@ class PostprocessParams:
     """Seeds to masks and boxes (``postprocess``)."""
 
     bg: float | str = field(0.5, **UNIT)  # a threshold, or "auto": from calibration_list when set, else each image's Otsu
-    box_fraction: float = field(0.5, **UNIT)
-    calibration_list: str = ""  # bg auto: ids with masks (a list name or a file; all in data.train_list); "": none
+    box_fraction: float | str = field(0.5, **UNIT)  # a fraction of the map's peak, or "auto" (as bg, on the boxes)
+    calibration_list: str = ""  # auto: ids with ground truth (a list name or a file; all in data.train_list); "": none
 
     def __post_init__(self) -> None:
-        if isinstance(self.bg, str) and self.bg != BG_AUTO:
-            raise ConfigError(f"postprocess.bg: {self.bg!r} is neither a number in [0, 1] nor {BG_AUTO!r}")
+        for key in ("bg", "box_fraction"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value != AUTO:
+                raise ConfigError(f"postprocess.{key}: {value!r} is neither a number in [0, 1] nor {AUTO!r}")
 
 
 @dataclasses.dataclass(frozen=True)

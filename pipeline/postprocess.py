@@ -13,11 +13,15 @@ The background threshold without ground truth (``postprocess.bg: auto``): with a
 calibration list of ids that have masks, the grid value of best mIoU over them
 (:func:`calibrate_bg`, as wsolevaluation's few-shot protocol picks its thresholds); with
 none, each image's own Otsu threshold of its foreground score (:func:`otsu_threshold`:
-no parameter at all). Measured on the 240-image VOC sample in the README ("Choosing the
+no parameter at all). ``box_fraction: auto`` likewise: the grid value of best CAM-paper
+localization accuracy over the calibration ids' boxes, or each class map's Otsu
+threshold of the map over its peak (:func:`otsu_box_fractions`). Measured on the 240-image VOC sample in the README ("Choosing the
 background threshold without ground truth").
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -28,6 +32,8 @@ __all__ = [
     "CALIBRATION_GRID",
     "otsu_threshold",
     "calibrate_bg",
+    "best_on_grid",
+    "otsu_box_fractions",
     "image_bg",
     "foreground",
     "labels_at_threshold",
@@ -63,6 +69,16 @@ def otsu_threshold(score: torch.Tensor, bins: int = OTSU_BINS) -> float:
     return (int(torch.argmax(between)) + 1) / bins
 
 
+def best_on_grid(scores, grid: tuple[float, ...] = CALIBRATION_GRID) -> float:
+    """The grid value of the highest score (the lowest such value on a tie; NaN never wins)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(grid),):
+        raise ValueError(f"{scores.size} scores for a grid of {len(grid)}")
+    if np.isnan(scores).all():
+        raise ValueError("no score on the grid: nothing to calibrate on")
+    return float(grid[int(np.nanargmax(scores))])
+
+
 def calibrate_bg(confusions: np.ndarray, grid: tuple[float, ...] = CALIBRATION_GRID) -> tuple[float, list[float]]:
     """The grid value of best mIoU given ``(len(grid), n, n)`` confusion matrices summed over
     the calibration images (the lowest one on a tie), and the mIoU at each grid value."""
@@ -71,7 +87,17 @@ def calibrate_bg(confusions: np.ndarray, grid: tuple[float, ...] = CALIBRATION_G
     if len(confusions) != len(grid):
         raise ValueError(f"{len(confusions)} confusion matrices for a grid of {len(grid)}")
     miou = [mean_iou(c) for c in confusions]
-    return float(grid[int(np.nanargmax(miou))]), [round(float(m), 4) for m in miou]
+    return best_on_grid(miou, grid), [round(float(m), 4) for m in miou]
+
+
+def otsu_box_fractions(maps: torch.Tensor) -> list[float]:
+    """``box_fraction`` auto without a calibration list: each class map's Otsu threshold of
+    the map divided by its peak (0.5 for an empty map)."""
+    fractions = []
+    for cam in maps:
+        peak = float(cam.max()) if cam.numel() else 0.0
+        fractions.append(otsu_threshold(cam / peak) if peak > 0 else 0.5)
+    return fractions
 
 
 def image_bg(record: dict, image_id: str) -> float:
@@ -110,24 +136,25 @@ def seeds_to_mask(maps: torch.Tensor, class_ids: torch.Tensor, bg: float) -> tor
     return labels_at_threshold(score, label, bg).to(torch.uint8)
 
 
-def seeds_to_boxes(maps: np.ndarray, class_ids: np.ndarray, box_fraction: float) -> dict[str, list[dict]]:
+def seeds_to_boxes(maps: np.ndarray, class_ids: np.ndarray, box_fraction: float | Sequence[float]) -> dict[str, list[dict]]:
     """Boxes from each class map, in the three sets of :data:`BOX_SETS`.
 
     Args:
         maps: ``(K, H, W)`` float seeds at image resolution.
         class_ids: ``(K,)``.
         box_fraction: a pixel is in the box region when its value is at least this
-            fraction of the map's maximum.
+            fraction of the map's maximum; one value, or one per map.
     Returns:
         ``{set name: [{"class_id", "box": [x0, y0, x1, y1], "score"}]}`` (half-open pixel boxes;
         ``score`` is the map's peak inside the box).
     """
     out: dict[str, list[dict]] = {name: [] for name in BOX_SETS}
-    for cam, cls in zip(maps, class_ids):
+    fractions = np.broadcast_to(np.asarray(box_fraction, dtype=np.float64), (len(class_ids),))
+    for cam, cls, fraction in zip(maps, class_ids, fractions):
         peak = float(cam.max())
         if peak <= 0:
             continue
-        region = (cam >= box_fraction * peak).astype(np.uint8)
+        region = (cam >= fraction * peak).astype(np.uint8)
         count, comp, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
         if count <= 1:
             continue

@@ -198,7 +198,9 @@ def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> dict:
     cam = cam_loc.summary()
     box_summary["cam_loc_acc"] = _round(cam["cam_loc_acc"])
     box_summary["cam_loc_acc_image"] = _round(cam["cam_loc_acc_image"])
-    box_summary["box_fraction"] = boxes_file["box_fraction"]
+    fraction = boxes_file["box_fraction"]
+    box_summary["box_fraction"] = fraction["value"] if fraction["mode"] != "otsu" else fraction["median"]
+    box_summary["box_fraction_mode"] = fraction["mode"]
     box_summary.update({k: v if k == "num_pairs" else _round(v) for k, v in max_box_acc.summary().items() if k != "num_pairs"})
     if box_summary["num_gt_boxes"] == 0:
         box_summary["skipped"] = "no ground-truth box among the eval ids (no XML, no mask)"

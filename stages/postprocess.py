@@ -1,7 +1,8 @@
 """Stage `postprocess`: seeds -> masks (outputs/masks/*.png) and boxes (outputs/boxes.json).
 
-``boxes.json`` also records the background threshold the masks were made with (``bg``:
-``mode`` fixed, calibration or otsu; see pipeline/postprocess.py)."""
+``boxes.json`` also records the background threshold the masks were made with (``bg``) and
+the box threshold (``box_fraction``): each ``{"mode": fixed | calibration | otsu, ...}``
+(``postprocess.bg`` / ``box_fraction: auto``; see pipeline/postprocess.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,16 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cams import load_seed_maps
-from pipeline.config import BG_AUTO
+from pipeline.config import AUTO
 from pipeline.data.voc import DatasetError, VOCDataset
 from pipeline.io import atomic_dir, id_path, write_json, write_label_png
-from pipeline.metrics import confusion_matrix
-from pipeline.postprocess import (CALIBRATION_GRID, calibrate_bg, foreground, labels_at_threshold, otsu_threshold,
-                                  seeds_to_boxes)
+from pipeline.metrics import CamLocalizationScore, confusion_matrix
+from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
+                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes)
 from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 
 
-def _calibrate(index, post) -> dict:
-    """bg auto with a calibration list: the grid value of best mIoU over its ids' seeds and masks."""
+def _calibration_set(index, post, need_masks: bool) -> VOCDataset:
     try:
         voc = VOCDataset(index.root, post.calibration_list, classes=index.classes)
     except DatasetError as err:
@@ -29,52 +29,87 @@ def _calibrate(index, post) -> dict:
     if outside:
         raise ValueError(f"postprocess.calibration_list: {len(outside)} id(s) are not in data.train_list (seeds are made "
                          f"for the training ids only), e.g. {', '.join(outside[:5])}")
-    no_mask = [str(voc.mask_path(i)) for i in voc.ids if not voc.has_mask(i)]
-    if no_mask or not voc.ids:
-        raise ValueError(f"postprocess.calibration_list: every id needs a ground-truth mask; "
-                         f"{len(no_mask)} have none, e.g. {', '.join(no_mask[:3]) or '(the list is empty)'}")
+    if not voc.ids:
+        raise ValueError(f"postprocess.calibration_list: {post.calibration_list} holds no id")
+    no_mask = [str(voc.mask_path(i)) for i in voc.ids if not voc.has_mask(i)] if need_masks else []
+    if no_mask:
+        raise ValueError(f"postprocess.calibration_list: bg auto needs a ground-truth mask for every id; {len(no_mask)} "
+                         f"have none, e.g. {', '.join(no_mask[:3])}")
+    return voc
+
+
+def _calibrate(index, post) -> tuple[dict | None, dict | None]:
+    """The calibration records of bg and box_fraction (None for one that is not auto)."""
+    want_bg, want_box = post.bg == AUTO, post.box_fraction == AUTO
+    voc = _calibration_set(index, post, need_masks=want_bg)
     n = len(index.classes) + 1
     sweep = np.zeros((len(CALIBRATION_GRID), n, n), np.int64)
-    for image_id in tqdm(voc.ids, desc="calibrate bg", unit="img"):
-        full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
-        gt = torch.from_numpy(voc.load_mask(image_id, size))
-        score, label = foreground(full, torch.from_numpy(class_ids))
-        for t, bg in enumerate(CALIBRATION_GRID):
-            sweep[t] += confusion_matrix(labels_at_threshold(score, label, bg), gt, n)
-    value, miou = calibrate_bg(sweep)
-    log.info("bg auto: %g, the best mIoU (%.4f) over the %d calibration image(s) of %s", value, max(miou), len(voc.ids),
-             post.calibration_list)
-    return {"mode": "calibration", "value": value, "calibration": {"list": post.calibration_list, "num_images": len(voc.ids),
-                                                                 "grid": list(CALIBRATION_GRID), "miou": miou}}
+    loc = [CamLocalizationScore() for _ in CALIBRATION_GRID]
+    for i in tqdm(range(len(voc)), desc="calibrate", unit="img"):
+        sample = voc[i]
+        full, class_ids, size = load_seed_maps(id_path(SEEDS, sample.image_id, ".npz"))
+        if want_bg:
+            gt = torch.from_numpy(sample.mask)
+            score, label = foreground(full, torch.from_numpy(class_ids))
+            for t, bg in enumerate(CALIBRATION_GRID):
+                sweep[t] += confusion_matrix(labels_at_threshold(score, label, bg), gt, n)
+        if want_box:
+            maps = full.numpy()
+            for t, fraction in enumerate(CALIBRATION_GRID):
+                largest = seeds_to_boxes(maps, class_ids, fraction)["largest"]
+                boxes = np.array([b["box"] for b in largest], np.float32).reshape(-1, 4)
+                loc[t].update(boxes, np.array([b["class_id"] for b in largest]), sample.boxes, sample.box_labels)
+    where = {"list": post.calibration_list, "num_images": len(voc.ids), "grid": list(CALIBRATION_GRID)}
+    bg_record = box_record = None
+    if want_bg:
+        value, miou = calibrate_bg(sweep)
+        bg_record = {"mode": "calibration", "value": value, "calibration": {**where, "miou": miou}}
+        log.info("bg auto: %g, the best seed mIoU (%.4f) over the %d calibration image(s)", value, max(miou), len(voc.ids))
+    if want_box:
+        acc = [s.summary()["cam_loc_acc"] for s in loc]
+        acc = [float("nan") if a is None else round(a, 4) for a in acc]
+        try:
+            value = best_on_grid(acc)
+        except ValueError:
+            raise ValueError("postprocess.calibration_list: box_fraction auto needs ground-truth boxes (XML or masks); "
+                             "its images have none") from None
+        box_record = {"mode": "calibration", "value": value, "calibration": {**where, "cam_loc_acc": acc}}
+        log.info("box_fraction auto: %g, the best localization accuracy (%.4f) over the calibration images", value, max(acc))
+    return bg_record, box_record
 
 
 def main() -> None:
     (post,) = load_params("postprocess")
     index = load_index()
     ids = index.splits["train"]
-    if post.bg != BG_AUTO:
-        record = {"mode": "fixed", "value": post.bg}
-    elif post.calibration_list:
-        record = _calibrate(index, post)
-    else:
-        record = {"mode": "otsu", "value": None, "per_image": {}}
-    boxes = {}
+    bg_record = box_record = None
+    if AUTO in (post.bg, post.box_fraction) and post.calibration_list:
+        bg_record, box_record = _calibrate(index, post)
+    bg_record = bg_record or ({"mode": "otsu", "value": None, "per_image": {}} if post.bg == AUTO else {"mode": "fixed", "value": post.bg})
+    box_record = box_record or ({"mode": "otsu", "value": None} if post.box_fraction == AUTO else
+                                {"mode": "fixed", "value": post.box_fraction})
+    boxes, box_otsu = {}, []
     with atomic_dir(MASKS) as tmp:
         for image_id in tqdm(ids, desc="masks+boxes", unit="img"):
             full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             score, label = foreground(full, torch.from_numpy(class_ids))
-            if record["mode"] == "otsu":
-                bg = record["per_image"][image_id] = otsu_threshold(score)
+            if bg_record["mode"] == "otsu":
+                bg = bg_record["per_image"][image_id] = otsu_threshold(score)
             else:
-                bg = record["value"]
+                bg = bg_record["value"]
             write_label_png(id_path(tmp, image_id, ".png"), labels_at_threshold(score, label, bg).to(torch.uint8).numpy())
-            boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, post.box_fraction)
-        if record["mode"] == "otsu":
-            values = np.array(list(record["per_image"].values()) or [np.nan])
-            record["median"] = round(float(np.median(values)), 4)
-            log.info("bg auto (no calibration list): each image's Otsu threshold, median %.3f (10th-90th percentile %.3f-%.3f)",
-                     record["median"], *np.percentile(values, [10, 90]))
-        write_json(BOXES, {"box_fraction": post.box_fraction, "bg": record, "classes": list(index.classes), "images": boxes})
+            if box_record["mode"] == "otsu":
+                fraction = otsu_box_fractions(full)
+                box_otsu += fraction
+            else:
+                fraction = box_record["value"]
+            boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, fraction)
+        for record, values, what in ((bg_record, list(bg_record.get("per_image", {}).values()), "bg"), (box_record, box_otsu, "box_fraction")):
+            if record["mode"] == "otsu":
+                record["median"] = round(float(np.median(values)), 4) if values else None
+                log.info("%s auto (no calibration list): Otsu per %s, median %s", what,
+                         "image" if what == "bg" else "class map", record["median"])
+        write_json(BOXES, {"box_fraction": box_record, "bg": bg_record, "classes": list(index.classes), "images": boxes})
     log.info("wrote %d masks to %s and boxes to %s", len(ids), MASKS, BOXES)
 
 

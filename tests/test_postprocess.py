@@ -1,10 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
-import pytest
-
-from pipeline.postprocess import (CALIBRATION_GRID, calibrate_bg, foreground, labels_at_threshold, otsu_threshold,
-                                  seeds_to_boxes, seeds_to_mask)
+from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
+                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, seeds_to_mask)
 
 
 def test_mask_argmax_with_background_plane():
@@ -100,3 +99,26 @@ def test_calibrate_bg_picks_the_grid_value_of_best_miou():
     assert value == 0.4 and len(miou) == len(CALIBRATION_GRID) and max(miou) == miou[CALIBRATION_GRID.index(0.4)]
     with pytest.raises(ValueError, match="for a grid of"):
         calibrate_bg(confusions[:3])
+
+
+def test_best_on_grid_ignores_nan_and_takes_the_lowest_on_a_tie():
+    grid = (0.1, 0.2, 0.3, 0.4)
+    assert best_on_grid([0.5, float("nan"), 0.7, 0.7], grid) == 0.3
+    with pytest.raises(ValueError, match="no score"):
+        best_on_grid([float("nan")] * 4, grid)
+    with pytest.raises(ValueError, match="for a grid of 4"):
+        best_on_grid([0.1], grid)
+
+
+def test_boxes_take_one_fraction_per_map_and_otsu_finds_the_object():
+    cam = np.zeros((2, 40, 40), np.float32)
+    cam[:, 10:30, 10:30] = 0.4  # a halo
+    cam[:, 15:25, 15:25] = 1.0  # the object
+    low, high = seeds_to_boxes(cam, np.array([1, 2]), [0.3, 0.7])["largest"]
+    assert low["box"] == [10, 10, 30, 30] and high["box"] == [15, 15, 25, 25]
+    two_levels = torch.zeros(1, 40, 40)
+    two_levels[0, 15:25, 15:25] = 0.8
+    (fraction,) = otsu_box_fractions(two_levels)
+    assert 0.0 < fraction <= 1.0
+    assert seeds_to_boxes(two_levels.numpy(), np.array([0]), [fraction])["largest"][0]["box"] == [15, 15, 25, 25]
+    assert otsu_box_fractions(torch.zeros(1, 5, 5)) == [0.5]

@@ -556,7 +556,7 @@ def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, t
     import shutil
 
     from pipeline.cams import load_seed_maps
-    from pipeline.postprocess import CALIBRATION_GRID, otsu_threshold
+    from pipeline.postprocess import CALIBRATION_GRID, otsu_box_fractions, otsu_threshold, seeds_to_boxes
 
     for sub in ("data/prepared", "outputs/seeds"):
         shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)
@@ -569,24 +569,35 @@ def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, t
         score, arg = full.max(dim=0)
         return score, class_ids[arg.numpy()] + 1
 
-    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto"}})
+    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto", "box_fraction": "auto"}})
     result = run_stage(tmp_path, "postprocess")
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((tmp_path / "outputs/boxes.json").read_text())["bg"]
+    written = json.loads((tmp_path / "outputs/boxes.json").read_text())
+    record = written["bg"]
     assert record["mode"] == "otsu" and sorted(record["per_image"]) == sorted(ids)
+    assert written["box_fraction"]["mode"] == "otsu" and 0 < written["box_fraction"]["median"] < 1
     for image_id in ids[:6]:
         score, label = score_and_label(image_id)
         t = otsu_threshold(score)
         assert record["per_image"][image_id] == t
         np.testing.assert_array_equal(read_label_png(tmp_path / "outputs/masks" / f"{image_id}.png"),
                                       np.where(score.numpy() > t, label, 0))
+        full, class_ids, _ = load_seed_maps(tmp_path / "outputs/seeds" / f"{image_id}.npz")
+        assert written["images"][image_id] == seeds_to_boxes(full.numpy(), class_ids, otsu_box_fractions(full))
 
     calibration = ids[:10]
     (tmp_path / "calib.txt").write_text("\n".join(calibration) + "\n")
-    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto", "calibration_list": str(tmp_path / "calib.txt")}})
+    write_params(tmp_path, {**TINY, "postprocess": {"bg": "auto", "box_fraction": "auto",
+                                                    "calibration_list": str(tmp_path / "calib.txt")}})
     result = run_stage(tmp_path, "postprocess")
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((tmp_path / "outputs/boxes.json").read_text())["bg"]
+    written = json.loads((tmp_path / "outputs/boxes.json").read_text())
+    record, box_record = written["bg"], written["box_fraction"]
+    accuracy = box_record["calibration"]["cam_loc_acc"]
+    assert box_record["mode"] == "calibration" and len(accuracy) == len(CALIBRATION_GRID)
+    assert box_record["value"] == CALIBRATION_GRID[int(np.nanargmax(accuracy))] and max(accuracy) > 0
+    full, class_ids, _ = load_seed_maps(tmp_path / "outputs/seeds" / f"{ids[-1]}.npz")
+    assert written["images"][ids[-1]] == seeds_to_boxes(full.numpy(), class_ids, box_record["value"])
     n = len(index["classes"]) + 1
     miou = []
     for t in CALIBRATION_GRID:
@@ -610,3 +621,34 @@ def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, t
     (tmp_path / "calib.txt").write_text(index["splits"]["val"][0] + "\n")
     result = run_stage(tmp_path, "postprocess")
     assert result.returncode != 0 and "postprocess.calibration_list: 1 id(s) are not in data.train_list" in result.stderr
+
+
+def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipeline_run, tmp_path):
+    """Issue 15: the built-in dataset exported as images + a CSV of tags (no mask, no XML) through
+    data.source folder yields the VOC-layout run's pseudo-labels byte for byte."""
+    import shutil
+
+    index = json.loads((pipeline_run / "data/prepared/dataset.json").read_text())
+    root = Path(index["root"]) if Path(index["root"]).is_absolute() else pipeline_run / index["root"]
+    images = tmp_path / "photos"
+    images.mkdir()
+    rows = ["image,labels,split"]
+    for split in ("train", "val"):
+        for image_id in index["splits"][split]:
+            shutil.copyfile(root / "JPEGImages" / f"{image_id}.jpg", images / f"{image_id}.jpg")
+            rows.append(f"{image_id}.jpg,{';'.join(index['classes'][c] for c in index['images'][image_id]['labels'])},{split}")
+    (images / "labels.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "classes.txt").write_text("\n".join(index["classes"]) + "\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_params(run_dir, {**TINY, "data": {"source": "folder", "root": str(images), "classes_file": str(tmp_path / "classes.txt"),
+                                            "train_list": "train", "val_list": "val", "eval_list": "train", "seg_val_list": "none"}})
+    for stage in ("prepare", "train", "cams", "postprocess", "crf"):
+        result = run_stage(run_dir, stage)
+        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    assert not list((run_dir / "data/folder_view/VOC2012").glob("SegmentationClass/*")), "no mask was given"
+    labels = "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
+    ours = sorted(p.name for p in (run_dir / labels).glob("*.png"))
+    assert ours == sorted(p.name for p in (pipeline_run / labels).glob("*.png")) and len(ours) == len(index["splits"]["train"])
+    for name in ours:
+        assert (run_dir / labels / name).read_bytes() == (pipeline_run / labels / name).read_bytes(), name

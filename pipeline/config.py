@@ -223,6 +223,7 @@ class RefineParams:
     par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
     par_iterations: int = field(10, ge=1)  # AFA
     par_downscale: int = field(1, ge=1)  # work at 1/par_downscale of the image size
+    crf: bool = False  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
     device: str = "auto"
 
 

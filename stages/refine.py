@@ -3,12 +3,14 @@ VOC-shaped view (outputs/voc_view/) of the labels `refine.export` names.
 
 `refine.method`: `rw` walks the seeds over the boundary network's map (IRN), `par`
 refines the seed planes with AFA's pixel-adaptive refinement (no training), `none`
-copies the CRF pseudo-labels. The boundary maps of `rw` are kept as 8-bit PNGs in
-outputs/refined/boundaries/ to look at.
+copies the CRF pseudo-labels. `refine.crf` runs the dense CRF (the crf section's kernels,
+no pixel left ignored) on the `rw` or `par` labels. The boundary maps of `rw` are kept as
+8-bit PNGs in outputs/refined/boundaries/ to look at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.crf import refine_mask
 from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
 from pipeline.io import atomic_dir, id_path, load_seeds, read_json, write_label_png
 from pipeline.postprocess import image_bg
@@ -26,7 +29,9 @@ from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, 
 
 
 def main() -> None:
-    refine_p, data_p = load_params("refine", "data")
+    refine_p, data_p, crf_p = load_params("refine", "data", "crf")
+    # refine.crf: the crf stage's kernels on the refined labels, every pixel kept (the walk labels them all)
+    crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
     index = load_index()
     ids = index.splits["train"]
     voc = index.dataset("train")
@@ -61,10 +66,14 @@ def main() -> None:
             else:
                 labels = refine_with_par(image, maps_t, classes_t, bg=image_bg(bg_record, image_id), dilations=refine_p.par_dilations,
                                          iterations=refine_p.par_iterations, downscale=refine_p.par_downscale, device=device)
-            write_label_png(out, labels.cpu().numpy().astype(np.uint8))
+            labels = labels.cpu().numpy().astype(np.uint8)
+            if refine_p.crf:
+                labels = refine_mask(image, labels, class_ids, crf_p)
+            write_label_png(out, labels)
         write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
     elapsed = time.perf_counter() - start
-    log.info("refined %d images with %s in %.0f s (%.3f s/img) -> %s", len(ids), refine_p.method, elapsed,
+    log.info("refined %d images with %s%s in %.0f s (%.3f s/img) -> %s", len(ids), refine_p.method,
+             " + dense CRF" if refine_p.crf and refine_p.method != "none" else "", elapsed,
              elapsed / max(len(ids), 1), REFINED / VOC_SUBDIR)
     exported = (REFINED if refine_p.export == "refined" else PSEUDO_LABELS) / VOC_SUBDIR
     view = make_voc_view(exported, voc.root / "JPEGImages", VIEW)

@@ -217,6 +217,8 @@ def _copy_run(src: Path, dst: Path, params: dict) -> None:
     for sub in ("data/prepared", "models", "outputs/masks", "outputs/seeds", "outputs/pseudo_labels"):
         if (src / sub).exists():
             shutil.copytree(src / sub, dst / sub, symlinks=True)
+    if (src / "outputs/boxes.json").exists():
+        shutil.copyfile(src / "outputs/boxes.json", dst / "outputs/boxes.json")
     write_params(dst, params)
 
 
@@ -426,6 +428,26 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
             assert set(np.unique(labels).tolist()) <= {0} | {c + 1 for c in index["images"][image_id]["labels"]}
     view = tmp_path / "outputs/voc_view/VOCdevkit/VOC2012/SegmentationClass"
     assert view.resolve() == (tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass").resolve()
+    if method == "par":  # refine.crf: the dense CRF (nothing ignored) on exactly these labels
+        import dataclasses
+
+        from pipeline.config import CrfParams
+        from pipeline.crf import refine_mask
+        from pipeline.data.voc import VOCDataset
+
+        write_params(tmp_path, {**params, "refine": {**params["refine"], "crf": True}})
+        result = run_stage(tmp_path, "refine")
+        assert result.returncode == 0, result.stderr[-3000:]
+        with_crf = _pngs(tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass")
+        crf_p = dataclasses.replace(CrfParams(**TINY["crf"]), ignore_confidence=0.0, ignore_disagreement=False)
+        voc = VOCDataset(tmp_path / index["root"] if not Path(index["root"]).is_absolute() else index["root"], sorted(refined))
+        changed = 0
+        for image_id in sorted(refined)[:6]:
+            expected = refine_mask(voc.load_image(image_id), refined[image_id],
+                                   np.array(index["images"][image_id]["labels"]), crf_p)
+            np.testing.assert_array_equal(with_crf[image_id], expected)
+            changed += int(not np.array_equal(expected, refined[image_id]))
+        assert changed > 0, "the CRF changed no label at all"
     if method == "par":  # rw asked for with no trained network: one clear line
         write_params(tmp_path, TINY)
         result = run_stage(tmp_path, "refine")

@@ -32,6 +32,7 @@ IMPORT_NAMES = {
     "pytest": "pytest",
     "grad-cam": "pytorch_grad_cam",
     "segmentation-models-pytorch": "segmentation_models_pytorch",
+    "pycocotools": "pycocotools.mask",
 }
 
 # import name -> why the suite may run without it (tests then use pytest.importorskip

@@ -148,6 +148,7 @@ class PostprocessParams:
     bg: float | str = field(0.5, **UNIT)  # a threshold, or "auto": from calibration_list when set, else each image's Otsu
     box_fraction: float | str = field(0.5, **UNIT)  # a fraction of the map's peak, or "auto" (as bg, on the boxes)
     calibration_list: str = ""  # auto: ids with ground truth (a list name or a file; all in data.train_list); "": none
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
 
     def __post_init__(self) -> None:
         for key in ("bg", "box_fraction"):
@@ -169,7 +170,7 @@ class CrfParams:
     bilateral_compat: float = field(10.0, ge=0.0)
     ignore_confidence: float = field(0.8, **UNIT)  # CRF marginal below this -> 255
     ignore_disagreement: bool = False  # CRF label differs from the seed mask -> 255
-    processes: int = field(0, ge=0)  # 0: one per core
+    processes: int = field(0, ge=0)  # CRF worker processes on each machine (0: its cores split over its torchrun ranks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +226,7 @@ class RefineParams:
     par_downscale: int = field(1, ge=1)  # work at 1/par_downscale of the image size
     crf: bool = False  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
     device: str = "auto"
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,6 +241,7 @@ class EvaluateParams:
     faithfulness: bool = True  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcampp"
     faithfulness_max_images: int = field(200, ge=1)
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README; confusion matrices and counts gathered
 
 
 NO_LIST = "none"  # data.seg_val_list: no held-out set

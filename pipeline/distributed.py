@@ -1,10 +1,15 @@
-"""Several processes for one stage (DDP training, sharded seed generation) through torchrun.
+"""Several processes for one stage, on one machine or several, through torchrun.
 
 A stage asks for ``processes > 1`` in its params; :func:`launch` then re-runs the same
 module under ``torchrun --standalone --nproc_per_node=N`` and waits for it, so ``dvc
-repro`` needs no other command. Inside, :func:`init` joins the process group: NCCL on
-CUDA (one GPU per process, by local rank), gloo on the CPU, so every multi-process path
-also runs, and is tested, on a machine without a GPU.
+repro`` needs no other command. On several machines the user starts torchrun on each
+(``--nnodes``, a c10d rendezvous; README, "Several machines"), and :func:`launch` steps
+aside. Inside, :func:`init` joins the process group: NCCL on CUDA (one GPU per process,
+by local rank), gloo on the CPU, so every multi-process path also runs, and is tested, on
+a machine without a GPU. Each rank takes a shard of the images (:func:`shard` or
+:func:`block`), writes it into one temporary folder that every rank sees
+(:func:`shared_atomic_dir`: the nodes share the repository's file system, as a cluster's
+home or project space does), and rank 0 renames it into place when all are done.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import torch
 import torch.distributed as dist
 
 from pipeline.io import atomic_dir
+from pipeline.parallel import default_processes
 
-__all__ = ["DistInfo", "launch", "init", "shutdown", "barrier", "broadcast_object", "shard", "shared_atomic_dir"]
+__all__ = ["DistInfo", "launch", "init", "shutdown", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
+           "all_gather_object", "local_share"]
 
 T = TypeVar("T")
 
@@ -32,6 +39,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine
 
     @property
     def is_main(self) -> bool:
@@ -65,7 +73,8 @@ def init(device: torch.device) -> tuple[DistInfo, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), world, local_rank), device
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return DistInfo(dist.get_rank(), world, local_rank, local_world), device
 
 
 def shutdown() -> None:
@@ -90,6 +99,20 @@ def broadcast_object(obj: T, info: DistInfo) -> T:
 def shard(items: Sequence[T], info: DistInfo) -> list[T]:
     """This rank's share: every ``world_size``-th item from its rank on (balanced to within one)."""
     return list(items[info.rank :: info.world_size])
+
+
+def block(items: Sequence[T], info: DistInfo) -> list[T]:
+    """This rank's share as one contiguous run (balanced to within one): the shares
+    concatenated in rank order are ``items`` again, so what the ranks gather comes back in
+    the one-process order."""
+    n, world = len(items), info.world_size
+    return list(items[info.rank * n // world : (info.rank + 1) * n // world])
+
+
+def local_share(processes: int, info: DistInfo) -> int:
+    """Pool processes for this rank: ``processes`` if positive, else this machine's cores
+    split over its ranks (at least one)."""
+    return processes if processes > 0 else max(1, default_processes() // info.local_world_size)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ confidence is the class's sigmoid and every labelled class of an image counts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -106,6 +106,8 @@ def compare_explanations(
 @dataclasses.dataclass
 class FaithfulnessScore:
     """Accumulates Y and O for one method, and optionally for a second to compare with."""
+
+    counters: ClassVar[tuple[str, ...]] = ("y", "o", "o_other")  # pipeline.metrics.merge_scores
 
     def __post_init__(self) -> None:
         self.y: list[np.ndarray] = []

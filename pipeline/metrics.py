@@ -7,8 +7,9 @@ absent from both prediction and truth has no IoU (NaN) and is left out of the me
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Sequence
+from typing import ClassVar, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -38,7 +39,10 @@ __all__ = [
     "PxAPScore",
     "average_precision",
     "mean_average_precision",
+    "merge_scores",
 ]
+
+S = TypeVar("S")
 
 
 def confusion_matrix(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
@@ -88,6 +92,7 @@ class PseudoLabelScore:
     """
 
     num_classes: int
+    counters: ClassVar[tuple[str, ...]] = ("full", "labeled", "valid_pixels", "labeled_pixels")
 
     def __post_init__(self) -> None:
         self.full = np.zeros((self.num_classes, self.num_classes), np.int64)
@@ -227,6 +232,23 @@ def cam_localization(
     return out
 
 
+def merge_scores(scores: Sequence[S]) -> S:
+    """One score holding what all of ``scores`` (one class, the same settings; e.g. one per
+    rank, each over its shard) counted: its ``counters`` summed (arrays and ints) or, for
+    lists, concatenated in the order given. Returns a new object; the inputs are unchanged."""
+    if not scores:
+        raise ValueError("merge_scores: nothing to merge")
+    first = scores[0]
+    out = copy.deepcopy(first)
+    for other in scores[1:]:
+        if type(other) is not type(first):
+            raise TypeError(f"merge_scores: {type(other).__name__} cannot merge into {type(first).__name__}")
+        for name in type(first).counters:
+            mine, theirs = getattr(out, name), getattr(other, name)
+            setattr(out, name, mine + theirs if not isinstance(mine, list) else [*mine, *theirs])
+    return out
+
+
 def ratio(numerator: float, denominator: float) -> float | None:
     """``numerator / denominator``, None (JSON null) when the denominator is 0."""
     return float(numerator / denominator) if denominator else None
@@ -257,6 +279,7 @@ class BoxScore:
     """
 
     threshold: float = 0.5
+    counters: ClassVar[tuple[str, ...]] = ("best_ious", "tp", "fp", "fn")
 
     def __post_init__(self) -> None:
         _check_threshold(self.threshold)
@@ -310,6 +333,7 @@ class CamLocalizationScore:
     """
 
     threshold: float = 0.5
+    counters: ClassVar[tuple[str, ...]] = ("correct_pairs", "num_pairs", "correct_images", "num_images")
 
     def __post_init__(self) -> None:
         _check_threshold(self.threshold)
@@ -376,6 +400,8 @@ class MaxBoxAccScore:
     are half-open pixel boxes (IoU by :func:`same_class_iou`), where its boxes are
     inclusive.
     """
+
+    counters: ClassVar[tuple[str, ...]] = ("largest_hits", "any_hits", "num_pairs")
 
     def __init__(self, thresholds: Sequence[float] = WSOL_THRESHOLDS, ious: Sequence[float] = WSOL_IOUS) -> None:
         for d in ious:
@@ -444,6 +470,8 @@ class PxAPScore:
     threshold down (``recall`` above the highest is 0; a threshold that predicts
     nothing adds nothing). Histograms stay on the maps' device.
     """
+
+    counters: ClassVar[tuple[str, ...]] = ("positive", "negative")
 
     def __init__(self, thresholds: Sequence[float] = WSOL_THRESHOLDS) -> None:
         self.thresholds = np.asarray(thresholds, np.float32)

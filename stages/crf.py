@@ -3,31 +3,48 @@
 
 from __future__ import annotations
 
+import torch
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.crf import POOL_CHUNKSIZE, refine_files
 from pipeline.export import VOC_SUBDIR, list_name, write_id_lists
-from pipeline.io import atomic_dir, id_path, write_label_png
-from pipeline.parallel import default_processes, parallel_map
+from pipeline.io import id_path, write_label_png
+from pipeline.parallel import parallel_map
 from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
 
 OUT = PSEUDO_LABELS
 
 
 def main() -> None:
+    """A pool of ``crf.processes`` workers; under torchrun (several machines: README) each
+    rank takes a block of the ids with its own pool."""
     (crf_p, data_p) = load_params("crf", "data")
     index = load_index()
+    info, _ = distributed.init(torch.device("cpu"))
+    try:
+        _crf(crf_p, data_p, index, info)
+    finally:
+        distributed.shutdown()
+
+
+def _crf(crf_p, data_p, index, info: distributed.DistInfo) -> None:
     ids = index.splits["train"]
+    mine = distributed.block(ids, info)
     voc = index.dataset("train")
-    processes = default_processes(crf_p.processes)
-    jobs = ((str(voc.image_path(i)), str(id_path(MASKS, i, ".png")), index.labels(i), crf_p) for i in ids)
-    with atomic_dir(OUT) as tmp:
+    processes = distributed.local_share(crf_p.processes, info)
+    jobs = ((str(voc.image_path(i)), str(id_path(MASKS, i, ".png")), index.labels(i), crf_p) for i in mine)
+    with distributed.shared_atomic_dir(OUT, info) as tmp:
         labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
         results = parallel_map(refine_files, jobs, processes=processes, chunksize=POOL_CHUNKSIZE)
-        for image_id, pseudo in tqdm(zip(ids, results), total=len(ids), desc=f"crf ({processes} proc)", unit="img"):
+        for image_id, pseudo in tqdm(zip(mine, results), total=len(mine), desc=f"crf ({processes} proc)", unit="img",
+                                     disable=not info.is_main):
             write_label_png(id_path(labels_dir, image_id, ".png"), pseudo)
-        write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
-    log.info("wrote %d pseudo-labels to %s (the refine stage builds the VOC-shaped view)", len(ids), OUT / VOC_SUBDIR)
+        if info.is_main:
+            write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
+    if info.is_main:
+        log.info("wrote %d pseudo-labels to %s (the refine stage builds the VOC-shaped view; %d rank(s))", len(ids),
+                 OUT / VOC_SUBDIR, info.world_size)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.cams import explain, load_seed_maps
 from pipeline.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
 from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
-                              iou_by_name, iou_per_class, mean_iou)
+                              iou_by_name, iou_per_class, mean_iou, merge_scores)
 from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
 from pipeline.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
 from pipeline.train import to_tensor
@@ -54,7 +55,18 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def main() -> None:
     (ev, cam_p, refine_p) = load_params("evaluate", "cam", "refine")
+    distributed.launch(ev.processes, "stages.evaluate")
     index = load_index()
+    info, device = distributed.init(resolve_device(cam_p.device))
+    try:
+        _evaluate(ev, cam_p, refine_p, index, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def _evaluate(ev, cam_p, refine_p, index, info: distributed.DistInfo, device: torch.device) -> None:
+    """Each rank scores a contiguous block of the eval ids; rank 0 merges the counts (in rank
+    order: the one-process order) and writes every output."""
     names = ["background", *index.classes]
     n = len(names)
     thresholds = np.round(np.arange(ev.bg_sweep_start, ev.bg_sweep_stop + 1e-9, ev.bg_sweep_step), 4)
@@ -78,7 +90,7 @@ def main() -> None:
     scored = 0
     overlays = []
     image_miou: dict[str, float] = {}  # each image's pseudo-label mIoU, for the report's worst images
-    for i in tqdm(range(len(voc)), desc="evaluate", unit="img"):
+    for i in tqdm(distributed.block(range(len(voc)), info), desc="evaluate", unit="img", disable=not info.is_main):
         sample = voc[i]
         image_id = sample.image_id
         for name, score in box_scores.items():
@@ -109,6 +121,17 @@ def main() -> None:
             panels = [sample.image, heatmap_overlay(sample.image, heat), label_overlay(sample.image, mask), label_overlay(sample.image, pl),
                       label_overlay(sample.image, rl), label_overlay(sample.image, sample.mask)]
             overlays.append((image_id, side_by_side(panels)))
+    counts = {"sweep": sweep, "masks_cm": masks_cm, "pseudo": pseudo, "refined": refined, "box_scores": box_scores,
+              "cam_loc": cam_loc, "max_box_acc": max_box_acc, "pxap": pxap, "scored": scored, "overlays": overlays,
+              "image_miou": image_miou}
+    faith = faithfulness(index, cam_p, ev, info, device) if ev.faithfulness else None
+    ranks = distributed.all_gather_object((counts, faith), info)
+    if not info.is_main:
+        return
+    counts = _merge([c for c, _ in ranks], ev.num_overlays)
+    sweep, masks_cm, pseudo, refined, pxap, scored = (counts[k] for k in ("sweep", "masks_cm", "pseudo", "refined", "pxap", "scored"))
+    box_scores, cam_loc, max_box_acc, overlays, image_miou = (counts[k] for k in ("box_scores", "cam_loc", "max_box_acc",
+                                                                                  "overlays", "image_miou"))
     if scored:
         _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, boxes_file["bg"], refine_p)
     else:  # every stage runs without masks: the metrics say what was not scored and why (no NaN for a plot)
@@ -122,7 +145,8 @@ def main() -> None:
             _write_csv(PLOTS / f"{name}.csv", header, [])
     box_summary = _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file)
     # always written (DVC expects the output); {"enabled": false} when switched off
-    write_json(METRICS / "faithfulness.json", faithfulness(index, cam_p, ev) if ev.faithfulness else {"enabled": False})
+    write_json(METRICS / "faithfulness.json", _faithfulness_summary([f for _, f in ranks], cam_p, ev) if ev.faithfulness
+               else {"enabled": False})
     with atomic_dir(PLOTS / "overlays") as tmp:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
@@ -151,6 +175,19 @@ def main() -> None:
              box_summary["f1_iou50"], box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"])
     report(index, voc, boxes, worst_ids(image_miou, ev.report_images), image_miou, summary,
            iou_by_name(iou_per_class(pseudo.full), names), pseudo.full, names, charts)
+
+
+def _merge(ranks: list[dict], num_overlays: int) -> dict:
+    """The ranks' counts as one: matrices and numbers summed, scores merged, the first overlays."""
+    out = dict(ranks[0])
+    for key in ("sweep", "masks_cm", "scored"):
+        out[key] = sum(r[key] for r in ranks)
+    for key in ("pseudo", "refined", "cam_loc", "max_box_acc", "pxap"):
+        out[key] = merge_scores([r[key] for r in ranks])
+    out["box_scores"] = {name: merge_scores([r["box_scores"][name] for r in ranks]) for name in ranks[0]["box_scores"]}
+    out["overlays"] = [o for r in ranks for o in r["overlays"]][:num_overlays]
+    out["image_miou"] = {k: v for r in ranks for k, v in r["image_miou"].items()}
+    return out
 
 
 def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, bg_record, refine_p) -> None:
@@ -241,20 +278,22 @@ def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, 
     log.info("report: %s", REPORTS / "index.html")
 
 
-def faithfulness(index, cam_p, ev) -> dict:
-    """Average Drop, Increase in Confidence and Win of ``cam.method`` against
-    ``faithfulness_versus`` on the first ``faithfulness_max_images`` eval ids that have a
-    class, in batches of ``cam.batch_size`` images of one size. Both methods' maps are made
-    here on one path (the cams settings, image resolution, float32; SmoothGrad noise seeded
-    per batch), not read from the stored seeds."""
-    device = resolve_device(cam_p.device)
+def faithfulness(index, cam_p, ev, info: distributed.DistInfo, device: torch.device) -> FaithfulnessScore:
+    """This rank's counts for Average Drop, Increase in Confidence and Win of ``cam.method``
+    against ``faithfulness_versus`` on the first ``faithfulness_max_images`` eval ids that
+    have a class, in batches of ``cam.batch_size`` images of one size (each rank a
+    contiguous block of the batches). Both methods' maps are made here on one path (the cams
+    settings, image resolution, float32; SmoothGrad noise seeded per batch), not read from
+    the stored seeds."""
     model, ckpt = load_classifier(CLASSIFIER, device)
     ids = [i for i in index.splits["eval"] if index.labels(i)][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()
     generator = torch.Generator()
-    with tqdm(total=len(ids), desc=f"faithfulness {cam_p.method} vs {ev.faithfulness_versus}", unit="img") as bar:
-        for batch in index.size_grouped_batches(ids, cam_p.batch_size):
+    batches = distributed.block(index.size_grouped_batches(ids, cam_p.batch_size), info)
+    with tqdm(total=sum(map(len, batches)), desc=f"faithfulness {cam_p.method} vs {ev.faithfulness_versus}", unit="img",
+              disable=not info.is_main) as bar:
+        for batch in batches:
             batch_ids = [ids[p] for p in batch]
             images = torch.stack([torch.from_numpy(voc.load_image(i)) for i in batch_ids]).to(device)
             images = images.permute(0, 3, 1, 2).float().div(255)
@@ -266,8 +305,12 @@ def faithfulness(index, cam_p, ev) -> dict:
                 scorecam_batch_size=cam_p.scorecam_batch_size, generator=generator,
             ))
             bar.update(len(batch))
+    return score
+
+
+def _faithfulness_summary(ranks: list[FaithfulnessScore], cam_p, ev) -> dict:
     return {"method": cam_p.method, "versus": ev.faithfulness_versus, "path": "both made afresh at image size, float32",
-            **score.summary()}
+            **merge_scores(ranks).summary()}
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.cams import load_seed_maps
 from pipeline.config import AUTO
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import atomic_dir, id_path, write_json, write_label_png
+from pipeline.io import id_path, write_json, write_label_png
 from pipeline.metrics import CamLocalizationScore, confusion_matrix
 from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
                                   otsu_box_fractions, otsu_threshold, seeds_to_boxes)
@@ -80,17 +81,30 @@ def _calibrate(index, post) -> tuple[dict | None, dict | None]:
 
 def main() -> None:
     (post,) = load_params("postprocess")
+    distributed.launch(post.processes, "stages.postprocess")
     index = load_index()
+    info, _ = distributed.init(torch.device("cpu"))
+    try:
+        _postprocess(post, index, info)
+    finally:
+        distributed.shutdown()
+
+
+def _postprocess(post, index, info: distributed.DistInfo) -> None:
+    """Rank 0 calibrates; each rank writes the masks of a contiguous block of the ids; rank 0
+    gathers the boxes (in id order) and writes boxes.json."""
     ids = index.splits["train"]
     bg_record = box_record = None
-    if AUTO in (post.bg, post.box_fraction) and post.calibration_list:
+    if AUTO in (post.bg, post.box_fraction) and post.calibration_list and info.is_main:
         bg_record, box_record = _calibrate(index, post)
+    bg_record, box_record = distributed.broadcast_object((bg_record, box_record), info)
     bg_record = bg_record or ({"mode": "otsu", "value": None, "per_image": {}} if post.bg == AUTO else {"mode": "fixed", "value": post.bg})
     box_record = box_record or ({"mode": "otsu", "value": None} if post.box_fraction == AUTO else
                                 {"mode": "fixed", "value": post.box_fraction})
     boxes, box_otsu = {}, []
-    with atomic_dir(MASKS) as tmp:
-        for image_id in tqdm(ids, desc="masks+boxes", unit="img"):
+    mine = distributed.block(ids, info)
+    with distributed.shared_atomic_dir(MASKS, info) as tmp:
+        for image_id in tqdm(mine, desc="masks+boxes", unit="img", disable=not info.is_main):
             full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             score, label = foreground(full, torch.from_numpy(class_ids))
             if bg_record["mode"] == "otsu":
@@ -104,14 +118,21 @@ def main() -> None:
             else:
                 fraction = box_record["value"]
             boxes[image_id] = seeds_to_boxes(full.numpy(), class_ids, fraction)
-        for record, values, what in ((bg_record, list(bg_record.get("per_image", {}).values()), "bg"), (box_record, box_otsu, "box_fraction")):
-            if record["mode"] == "otsu":
-                record["median"] = round(float(np.median(values)), 4) if values else None
-                log.info("%s auto (no calibration list): Otsu per %s, median %s", what,
-                         "image" if what == "bg" else "class map", record["median"])
-        write_json(BOXES, {"box_fraction": box_record, "bg": bg_record, "classes": list(index.classes), "images": boxes})
-    log.info("wrote %d masks to %s and boxes to %s", len(ids), MASKS, BOXES)
-
+        ranks = distributed.all_gather_object((boxes, bg_record.get("per_image", {}), box_otsu), info)
+        if info.is_main:
+            boxes = {k: v for r, _, _ in ranks for k, v in r.items()}
+            if bg_record["mode"] == "otsu":
+                bg_record["per_image"] = {k: v for _, r, _ in ranks for k, v in r.items()}
+            box_otsu = [v for _, _, r in ranks for v in r]
+            for record, values, what in ((bg_record, list(bg_record.get("per_image", {}).values()), "bg"),
+                                         (box_record, box_otsu, "box_fraction")):
+                if record["mode"] == "otsu":
+                    record["median"] = round(float(np.median(values)), 4) if values else None
+                    log.info("%s auto (no calibration list): Otsu per %s, median %s", what,
+                             "image" if what == "bg" else "class map", record["median"])
+            write_json(BOXES, {"box_fraction": box_record, "bg": bg_record, "classes": list(index.classes), "images": boxes})
+    if info.is_main:
+        log.info("wrote %d masks to %s and boxes to %s (%d rank(s))", len(ids), MASKS, BOXES, info.world_size)
 
 if __name__ == "__main__":
     run(main)

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.crf import refine_mask
 from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
-from pipeline.io import atomic_dir, id_path, load_seeds, read_json, write_label_png
+from pipeline.io import id_path, load_seeds, read_json, write_label_png
 from pipeline.postprocess import image_bg
 from pipeline.refine import load_boundary_net, refine_with_par, refine_with_walk
 from pipeline.train import resolve_device, to_tensor
@@ -30,12 +31,22 @@ from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, 
 
 def main() -> None:
     refine_p, data_p, crf_p = load_params("refine", "data", "crf")
+    distributed.launch(refine_p.processes, "stages.refine")
+    index = load_index()
+    info, device = distributed.init(resolve_device(refine_p.device))
+    try:
+        _refine(refine_p, data_p, crf_p, index, info, device)
+    finally:
+        distributed.shutdown()
+
+
+def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: torch.device) -> None:
+    """Each rank refines a block of the ids into the shared output; rank 0 writes the lists and the view."""
     # refine.crf: the crf stage's kernels on the refined labels, every pixel kept (the walk labels them all)
     crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
-    index = load_index()
     ids = index.splits["train"]
+    mine = distributed.block(ids, info)
     voc = index.dataset("train")
-    device = resolve_device(refine_p.device)
     net = ckpt = None
     if refine_p.method == "rw":
         net, ckpt = load_boundary_net(AFFINITY_MODEL, device)
@@ -43,12 +54,12 @@ def main() -> None:
     crf_labels = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
     bg_record = read_json(BOXES)["bg"] if refine_p.method == "par" else None  # the masks' background threshold
     start = time.perf_counter()
-    with atomic_dir(REFINED) as tmp:
+    with distributed.shared_atomic_dir(REFINED, info) as tmp:
         labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
-        labels_dir.mkdir(parents=True)
+        labels_dir.mkdir(parents=True, exist_ok=True)
         if refine_p.method == "rw":
-            (tmp / "boundaries").mkdir()
-        for image_id in tqdm(ids, desc=f"refine ({refine_p.method})", unit="img"):
+            (tmp / "boundaries").mkdir(exist_ok=True)
+        for image_id in tqdm(mine, desc=f"refine ({refine_p.method})", unit="img", disable=not info.is_main):
             out = id_path(labels_dir, image_id, ".png")
             if refine_p.method == "none":
                 shutil.copyfile(id_path(crf_labels, image_id, ".png"), out)
@@ -70,11 +81,14 @@ def main() -> None:
             if refine_p.crf:
                 labels = refine_mask(image, labels, class_ids, crf_p)
             write_label_png(out, labels)
-        write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
+        if info.is_main:
+            write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
+    if not info.is_main:
+        return
     elapsed = time.perf_counter() - start
-    log.info("refined %d images with %s%s in %.0f s (%.3f s/img) -> %s", len(ids), refine_p.method,
+    log.info("refined %d images with %s%s in %.0f s (%.3f s/img, %d rank(s)) -> %s", len(ids), refine_p.method,
              " + dense CRF" if refine_p.crf and refine_p.method != "none" else "", elapsed,
-             elapsed / max(len(ids), 1), REFINED / VOC_SUBDIR)
+             elapsed / max(len(ids), 1), info.world_size, REFINED / VOC_SUBDIR)
     exported = (REFINED if refine_p.export == "refined" else PSEUDO_LABELS) / VOC_SUBDIR
     view = make_voc_view(exported, voc.root / "JPEGImages", VIEW)
     log.info("VOC-shaped view of %s at %s", exported, view)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline.metrics import (
+    merge_scores,
     BoxScore,
     CamLocalizationScore,
     MaxBoxAccScore,
@@ -276,3 +277,50 @@ def test_pxap_against_a_slow_reference():
             ap += tp / predicted * (tp / positives - last_recall)
             last_recall = tp / positives
     assert score.summary()["pxap"] == pytest.approx(ap, abs=1e-12)
+
+
+def _score_updates(seed: int):
+    """A few images' worth of random inputs, and a fresh accumulator of each kind fed by a callable."""
+    from pipeline.faithfulness import FaithfulnessScore
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(7):
+        gt = rng.integers(0, 3, (12, 16)).astype(np.uint8)
+        gt[0, :3] = 255
+        pred = rng.integers(0, 3, (12, 16)).astype(np.uint8)
+        pred[rng.random((12, 16)) < 0.1] = 255
+        boxes = np.array([[1, 1, 8, 9], [4, 2, 14, 11]], np.float32)
+        maps = torch.from_numpy(rng.random((2, 12, 16)).astype(np.float32))
+        images.append((gt, pred, boxes, maps, rng.random(3), rng.random(3), rng.random(3)))
+    kinds = {
+        "pseudo": (lambda: PseudoLabelScore(3), lambda s, im: s.update(im[1], im[0])),
+        "box": (BoxScore, lambda s, im: s.update(im[2] + 1, np.array([0, 1]), im[2], np.array([0, 1]))),
+        "camloc": (CamLocalizationScore, lambda s, im: s.update(im[2][:1], np.array([0]), im[2], np.array([0, 1]))),
+        "maxbox": (MaxBoxAccScore, lambda s, im: s.update(im[3], np.array([0, 1]), im[2], np.array([0, 1]))),
+        "pxap": (PxAPScore, lambda s, im: s.update(im[3], np.array([0, 1]), im[0])),
+        "faith": (FaithfulnessScore, lambda s, im: s.update(im[4], im[5], im[6])),
+    }
+    return images, kinds
+
+
+@pytest.mark.parametrize("kind", ["pseudo", "box", "camloc", "maxbox", "pxap", "faith"])
+def test_merge_scores_of_shards_equals_one_pass(kind):
+    """What the ranks of a sharded evaluate gather: each shard's accumulator merged (in
+    order) gives the summary of one accumulator fed every image, to the last digit."""
+    images, kinds = _score_updates(0)
+    make, update = kinds[kind]
+    whole = make()
+    for im in images:
+        update(whole, im)
+    shards = []
+    for part in (images[:3], images[3:3], images[3:]):  # an empty shard too (more ranks than images)
+        s = make()
+        for im in part:
+            update(s, im)
+        shards.append(s)
+    merged = merge_scores(shards)
+    assert str(merged.summary()) == str(whole.summary())
+    assert str(shards[0].summary()) != str(whole.summary())  # the merge did something
+    with pytest.raises(TypeError, match="cannot merge"):
+        merge_scores([make(), BoxScore() if kind != "box" else CamLocalizationScore()])

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,8 +213,6 @@ def test_voc_source_bad_input_names_file_and_writes_nothing(tmp_path, damage, me
 
 
 def _copy_run(src: Path, dst: Path, params: dict) -> None:
-    import shutil
-
     for sub in ("data/prepared", "models", "outputs/masks", "outputs/seeds", "outputs/pseudo_labels"):
         if (src / sub).exists():
             shutil.copytree(src / sub, dst / sub, symlinks=True)
@@ -263,6 +262,62 @@ def test_train_batch_must_divide_by_processes(pipeline_run, tmp_path):
     result = run_stage(tmp_path, "train")
     assert result.returncode != 0
     assert "must divide by train.processes 2" in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tree(root: Path, subs: tuple[str, ...]) -> dict[str, bytes]:
+    """Every file under ``root/sub`` (a folder or a file), by its path, with its bytes."""
+    out = {}
+    for sub in subs:
+        path = root / sub
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        out.update({f.relative_to(root).as_posix(): f.read_bytes() for f in files})
+    return out
+
+
+def test_two_nodes_on_localhost_equal_one_process(pipeline_run, tmp_path):
+    """postprocess, crf, refine and evaluate launched as two torchrun "nodes" on this machine
+    (two launches, one rank each, sharing a c10d rendezvous, as on two machines with a
+    shared file system) write the same bytes as one process: masks, boxes.json (per-image
+    Otsu thresholds gathered in id order), CRF and refined labels, boundary maps, every
+    metric, curve, overlay and the report."""
+    import os
+
+    params = {**TINY, "postprocess": {"bg": "auto", "box_fraction": "auto"}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-rank default, for the one-process run too
+    stages = ("postprocess", "crf", "refine", "evaluate")
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir in (one, two):
+        _copy_run(pipeline_run, run_dir, params)
+        shutil.copytree(pipeline_run / "models", run_dir / "models", dirs_exist_ok=True)
+    for stage in stages:
+        result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=one, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, f"{stage}:\n{result.stderr[-3000:]}"
+        endpoint = f"127.0.0.1:{_free_port()}"
+        nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                                   f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+                                   "--rdzv_id=two-nodes", "-m", f"stages.{stage}"],
+                                  cwd=two, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for rank in range(2)]
+        logs = [node.communicate(timeout=600)[0] for node in nodes]
+        assert all(node.returncode == 0 for node in nodes), f"{stage} on two nodes:\n" + "\n".join(l[-3000:] for l in logs)
+        assert "2 rank(s)" in "".join(logs) or stage == "evaluate", logs[0][-2000:]
+    outputs = ("outputs/masks", "outputs/boxes.json", "outputs/pseudo_labels", "outputs/refined", "metrics", "plots", "reports")
+    a, b = _tree(one, outputs), _tree(two, outputs)
+    assert sorted(a) == sorted(b)
+    assert len([k for k in a if k.startswith("outputs/refined/boundaries/")]) == 24
+    assert [k for k in a if a[k] != b[k]] == []
+    boxes = json.loads((two / "outputs/boxes.json").read_text())
+    assert list(boxes["bg"]["per_image"]) == json.loads((two / "data/prepared/dataset.json").read_text())["splits"]["train"]
+    assert not [p for p in two.rglob(".*.tmp")]  # no temporary folder left
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
@@ -471,8 +526,6 @@ def test_a_4000x3000_image_runs_through_the_stages(pipeline_run, tmp_path):
     params = {**TINY, "data": {"source": "voc", "root": str(root), "val_list": "train", "seg_val_list": "none"},
               "cam": {**TINY["cam"], "scales": [1.0], "flip": False, "batch_size": 1}}
     write_params(tmp_path, params)
-    import shutil
-
     shutil.copytree(pipeline_run / "models", tmp_path / "models")
     for stage in ("prepare", "cams", "postprocess", "crf"):
         result = run_stage(tmp_path, stage)
@@ -485,8 +538,6 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     """segment_reference trains on the true masks, segment on the exported pseudo-labels; both
     score the held-out val ids above the all-background prediction, and segment writes the
     full-supervision ratio against the reference of the same recipe (and none against another)."""
-    import shutil
-
     import torch
 
     from pipeline.metrics import confusion_matrix, mean_iou
@@ -556,8 +607,6 @@ def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):
 def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
     """segment.processes: 2 relaunches the stage under torchrun (DDP, gloo on the CPU); the
     checkpoint is saved unwrapped and loads as the one-process one does."""
-    import shutil
-
     import torch
 
     from pipeline.segment import load_segmenter
@@ -575,8 +624,6 @@ def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
 def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, tmp_path):
     """bg auto: each image's Otsu threshold with no calibration list; with one, the grid value of best mIoU over
     its ids (recomputed here from the seeds and masks with a confusion matrix of our own)."""
-    import shutil
-
     from pipeline.cams import load_seed_maps
     from pipeline.postprocess import CALIBRATION_GRID, otsu_box_fractions, otsu_threshold, seeds_to_boxes
 
@@ -649,8 +696,6 @@ def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, t
 def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipeline_run, tmp_path):
     """Issue 15: the built-in dataset exported as images + a CSV of tags (no mask, no XML) through
     data.source folder yields the VOC-layout run's pseudo-labels byte for byte."""
-    import shutil
-
     index = json.loads((pipeline_run / "data/prepared/dataset.json").read_text())
     root = Path(index["root"]) if Path(index["root"]).is_absolute() else pipeline_run / index["root"]
     images = tmp_path / "photos"

@@ -13,6 +13,7 @@ boundaries, and AFA's training-free PAR.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,10 +25,13 @@ from torch.utils.data import Dataset
 
 from pipeline.affinity import BoundaryNet, affinity_loss
 from pipeline.cams import upsample_maps
+from pipeline.config import CrfParams, RefineParams
+from pipeline.crf import refine_mask
 from pipeline.data.voc import IGNORE_INDEX, VOCDataset
 from pipeline.io import id_path, read_label_png
 from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
 from pipeline.par import par_labels
+from pipeline.postprocess import image_bg
 from pipeline.random_walk import background_plane, random_walk, walk_labels, walked_labels
 from pipeline.train import lr_factor, to_tensor
 
@@ -40,6 +44,7 @@ __all__ = [
     "refine_with_walk",
     "refine_with_par",
     "load_boundary_net",
+    "Refiner",
 ]
 
 BOUNDARY_STRIDE = 4  # the boundary map and the walk live at 1/4 of the image (IRN)
@@ -208,3 +213,46 @@ def load_boundary_net(path, device: torch.device) -> tuple[BoundaryNet, dict]:
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit the boundary network ({str(err).splitlines()[0]}); rerun the affinity stage") from None
     return net.to(device).eval(), ckpt
+
+
+class Refiner:
+    """One image's ``rw`` or ``par`` refinement as the refine stage makes it, on ``device``:
+    the walk over the boundary network's map (``boundary_net``: the affinity stage's
+    checkpoint) or PAR at the image's background threshold (``bg_record``: boxes.json's
+    ``bg``), then, with ``refine.crf``, the dense CRF of ``crf_p`` with nothing left
+    ignored."""
+
+    def __init__(self, refine_p: RefineParams, crf_p: CrfParams, device: torch.device, *,
+                 boundary_net: str | Path | None = None, bg_record: dict | None = None) -> None:
+        if refine_p.method not in ("rw", "par"):
+            raise ValueError(f"Refiner: refine.method {refine_p.method!r} refines nothing (rw or par)")
+        self.p, self.device, self.bg_record = refine_p, device, bg_record
+        self.crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
+        self.net = self.ckpt = None
+        if refine_p.method == "rw":
+            self.net, self.ckpt = load_boundary_net(boundary_net, device)
+            self.net = self.net.to(memory_format=torch.channels_last)
+        elif bg_record is None:
+            raise ValueError("Refiner: par needs the masks' background record (boxes.json's bg)")
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, maps: np.ndarray, class_ids: np.ndarray, size: tuple[int, int],
+                 image_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(H, W)`` uint8 labels of one ``(H, W, 3)`` uint8 image from its stored seeds, and
+        the boundary map as an 8-bit picture (``rw``; None for ``par``)."""
+        p = self.p
+        maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(class_ids)
+        picture = None
+        if p.method == "rw":
+            x = to_tensor(image, self.ckpt["mean"], self.ckpt["std"]).to(self.device)
+            labels, boundary = refine_with_walk(self.net, x, maps_t, classes_t, size, radius=p.radius, beta=p.beta, steps=p.steps,
+                                                bg_threshold=p.bg_threshold, background=p.background, bg_power=p.bg_power,
+                                                flip=p.flip)
+            picture = (boundary.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        else:
+            labels = refine_with_par(image, maps_t, classes_t, bg=image_bg(self.bg_record, image_id), dilations=p.par_dilations,
+                                     iterations=p.par_iterations, downscale=p.par_downscale, device=self.device)
+        labels = labels.cpu().numpy().astype(np.uint8)
+        if p.crf:
+            labels = refine_mask(image, labels, class_ids, self.crf_p)
+        return labels, picture

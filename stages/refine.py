@@ -10,22 +10,18 @@ no pixel left ignored) on the `rw` or `par` labels. The boundary maps of `rw` ar
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.crf import refine_mask
 from pipeline.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
 from pipeline.io import id_path, load_seeds, read_json, write_label_png
-from pipeline.postprocess import image_bg
-from pipeline.refine import load_boundary_net, refine_with_par, refine_with_walk
-from pipeline.train import resolve_device, to_tensor
+from pipeline.refine import Refiner
+from pipeline.train import resolve_device
 from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
 
 
@@ -42,17 +38,14 @@ def main() -> None:
 
 def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: torch.device) -> None:
     """Each rank refines a block of the ids into the shared output; rank 0 writes the lists and the view."""
-    # refine.crf: the crf stage's kernels on the refined labels, every pixel kept (the walk labels them all)
-    crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
     ids = index.splits["train"]
     mine = distributed.block(ids, info)
     voc = index.dataset("train")
-    net = ckpt = None
-    if refine_p.method == "rw":
-        net, ckpt = load_boundary_net(AFFINITY_MODEL, device)
-        net = net.to(memory_format=torch.channels_last)
+    refiner = None
+    if refine_p.method != "none":
+        refiner = Refiner(refine_p, crf_p, device, boundary_net=AFFINITY_MODEL,
+                          bg_record=read_json(BOXES)["bg"] if refine_p.method == "par" else None)  # the masks' bg
     crf_labels = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
-    bg_record = read_json(BOXES)["bg"] if refine_p.method == "par" else None  # the masks' background threshold
     start = time.perf_counter()
     with distributed.shared_atomic_dir(REFINED, info) as tmp:
         labels_dir = tmp / VOC_SUBDIR / "SegmentationClass"
@@ -61,25 +54,13 @@ def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: 
             (tmp / "boundaries").mkdir(exist_ok=True)
         for image_id in tqdm(mine, desc=f"refine ({refine_p.method})", unit="img", disable=not info.is_main):
             out = id_path(labels_dir, image_id, ".png")
-            if refine_p.method == "none":
+            if refiner is None:
                 shutil.copyfile(id_path(crf_labels, image_id, ".png"), out)
                 continue
             maps, class_ids, size = load_seeds(id_path(SEEDS, image_id, ".npz"))
-            image = voc.load_image(image_id)
-            maps_t, classes_t = torch.from_numpy(maps).float(), torch.from_numpy(class_ids)
-            if refine_p.method == "rw":
-                x = to_tensor(image, ckpt["mean"], ckpt["std"]).to(device)
-                labels, boundary = refine_with_walk(net, x, maps_t, classes_t, size, radius=refine_p.radius, beta=refine_p.beta,
-                                                    steps=refine_p.steps, bg_threshold=refine_p.bg_threshold,
-                                                    background=refine_p.background, bg_power=refine_p.bg_power, flip=refine_p.flip)
-                picture = (boundary.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            labels, picture = refiner(voc.load_image(image_id), maps, class_ids, size, image_id)
+            if picture is not None:
                 Image.fromarray(picture).save(id_path(tmp / "boundaries", image_id, ".png"))
-            else:
-                labels = refine_with_par(image, maps_t, classes_t, bg=image_bg(bg_record, image_id), dilations=refine_p.par_dilations,
-                                         iterations=refine_p.par_iterations, downscale=refine_p.par_downscale, device=device)
-            labels = labels.cpu().numpy().astype(np.uint8)
-            if refine_p.crf:
-                labels = refine_mask(image, labels, class_ids, crf_p)
             write_label_png(out, labels)
         if info.is_main:
             write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))

@@ -720,3 +720,17 @@ def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipel
     assert ours == sorted(p.name for p in (pipeline_run / labels).glob("*.png")) and len(ours) == len(index["splits"]["train"])
     for name in ours:
         assert (run_dir / labels / name).read_bytes() == (pipeline_run / labels / name).read_bytes(), name
+
+
+def test_real_images_benchmark_on_a_run(pipeline_run, tmp_path):
+    """benchmarks.real_images times every section on a finished run and writes the ratios;
+    its plain CAM loop (forward_features and the head's weights) makes the stage's maps
+    (Grad-CAM on a pooled linear head is CAM), to float16 storage precision."""
+    from benchmarks import real_images
+
+    out = real_images.main(["--run", str(pipeline_run), "--limit", "8", "--rounds", "1", "--out", str(tmp_path)])
+    rows = ["train (per image per step)", "cams (per image)", "crf (per image per core)", "refine rw (per image per core)",
+            "refine par (per image per core)"]
+    assert all(out[r]["ratio"] > 0 and out[r]["stage_s_per_img"] > 0 for r in rows)
+    assert out["cams (per image)"]["max_abs_map_difference"] < 5e-3
+    assert json.loads((tmp_path / "real_images.json").read_text())["num_images"] == 8

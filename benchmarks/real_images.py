@@ -5,8 +5,9 @@ preset; its ``data.root`` is the VOC root, so any VOC root works), on the first
 ``--limit`` training ids (real images of mixed sizes), interleaved in one process with
 the same weights and the run's params:
 
-1. ``train``: the train stage's loop (``ClassificationDataset`` with the stage's
-   augmentation, its DataLoader with ``train.num_workers``, ``train_one_epoch``) against a
+1. ``train`` (on the first ``--train-batches`` x ``train.batch_size`` training ids): the
+   train stage's loop (``ClassificationDataset`` with the stage's augmentation, its
+   DataLoader with ``train.num_workers``, ``train_one_epoch``) against a
    plain loop: images decoded once before timing, a random ``crop_size`` crop and flip in
    numpy, the same batch, forward, BCE, backward, step; no DataLoader. Seconds per image
    per step. Both train one model, built as the train stage builds it (``model`` section).
@@ -31,7 +32,7 @@ Each row reports the stage's and the plain loop's seconds per image (medians ove
 ``--rounds`` interleaved rounds) and their ratio (stage / plain). A table on stdout, JSON
 in ``benchmarks/results/real_images.json``.
 
-    python -m benchmarks.real_images --run /path/to/voc-sample-run --limit 32
+    python -m benchmarks.real_images --run /path/to/voc-sample-run --limit 24 --rounds 4
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ from benchmarks._common import interleaved_medians, print_table, write_results
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=".", help="a folder where dvc repro ran (its params, index, models, seeds, masks)")
-    parser.add_argument("--limit", type=int, default=32, help="the first N training ids")
-    parser.add_argument("--rounds", type=int, default=3, help="timed interleaved rounds per section")
+    parser.add_argument("--limit", type=int, default=24, help="the first N training ids (cams, crf, refine)")
+    parser.add_argument("--rounds", type=int, default=4, help="timed interleaved rounds per section")
+    parser.add_argument("--train-batches", type=int, default=4,
+                        help="train: steps per timed epoch (its images: the first batches x train.batch_size training ids)")
     parser.add_argument("--sections", nargs="+", default=["train", "cams", "crf", "refine"],
                         choices=["train", "cams", "crf", "refine"])
     parser.add_argument("--name", default="real_images", help="results file name")
@@ -76,7 +79,11 @@ def _bench(args: argparse.Namespace, results_dir: Path) -> dict:
     print(f"{len(ids)} images of {len(sizes)} sizes from {index.root}; torch threads {torch.get_num_threads()}")
     rows, payload = [], {"run": str(Path.cwd()), "num_images": len(ids), "num_sizes": len(sizes), "rounds": args.rounds}
     for section in args.sections:
-        for name, result in SECTIONS[section](index, ids, args.rounds, load_params).items():
+        section_ids = ids
+        if section == "train":
+            (train_p,) = load_params("train")
+            section_ids = index.splits["train"][: args.train_batches * train_p.batch_size]
+        for name, result in SECTIONS[section](index, section_ids, args.rounds, load_params).items():
             payload[name] = result
             rows.append([name, result["stage_s_per_img"], result["plain_s_per_img"], result["ratio"], result.get("note", "")])
             print_table(["path", "stage s/img", "plain s/img", "ratio", "note"], rows[-1:])
@@ -86,10 +93,18 @@ def _bench(args: argparse.Namespace, results_dir: Path) -> dict:
     return payload
 
 
-def _row(times: dict, per: int, note: str = "") -> dict:
-    stage, plain = times["stage"]["median_s"] / per, times["plain"]["median_s"] / per
-    return {"stage_s_per_img": round(stage, 4), "plain_s_per_img": round(plain, 4), "ratio": round(stage / plain, 3),
-            "runs_s": {k: v["runs_s"] for k, v in times.items()}, "note": note}
+def _row(times: dict, per: int, note: str = "", stage: str = "stage") -> dict:
+    ours, plain = times[stage]["median_s"] / per, times["plain"]["median_s"] / per
+    return {"stage_s_per_img": round(ours, 4), "plain_s_per_img": round(plain, 4), "ratio": round(ours / plain, 3),
+            "runs_s": {k: times[k]["runs_s"] for k in (stage, "plain")}, "note": note}
+
+
+def _workers_alternative(requested: int) -> int | None:
+    """The DataLoader worker count to time beside the run's: one per core when the run uses none."""
+    from pipeline.parallel import default_processes
+
+    cores = default_processes()
+    return cores if requested == 0 and cores > 1 else None
 
 
 # -- 1. classifier training ---------------------------------------------------------------
@@ -115,12 +130,18 @@ def _train(index, ids, rounds, load_params) -> dict:
     fill = [255 * m for m in mean]
     augment = train_augmentation(train_p.crop_size, seed=train_p.seed, kind=train_p.augment, fill=fill)
     dataset = ClassificationDataset(sub, {i: index.labels(i) for i in ids}, augment, mean, std)
-    loader, _ = make_train_loader(dataset, batch_size=train_p.batch_size, info=DistInfo(), seed=train_p.seed,
-                                  generator=generator, num_workers=train_p.num_workers, device=torch.device("cpu"))
+    loaders = {"stage": train_p.num_workers}
+    workers = _workers_alternative(train_p.num_workers)
+    if workers:
+        loaders["stage_workers"] = workers
+    loaders = {k: make_train_loader(dataset, batch_size=train_p.batch_size, info=DistInfo(), seed=train_p.seed, generator=generator,
+                                    num_workers=n, device=torch.device("cpu"))[0] for k, n in loaders.items()}
+    loader = loaders["stage"]
     per_epoch = len(loader) * train_p.batch_size  # images per epoch (the last partial batch is dropped)
 
-    def stage():
-        train_one_epoch(model, loader, optimizer, schedule="constant", step=0, total_steps=1, device=torch.device("cpu"))
+    def epoch(name):
+        return lambda: train_one_epoch(model, loaders[name], optimizer, schedule="constant", step=0, total_steps=1,
+                                       device=torch.device("cpu"))
 
     decoded = [voc.load_image(i) for i in ids]
     targets = torch.zeros(len(ids), len(index.classes))
@@ -153,14 +174,19 @@ def _train(index, ids, rounds, load_params) -> dict:
             loss.backward()
             optimizer.step()
 
-    times = interleaved_medians({"stage": stage, "plain": plain}, runs=rounds, warmup=1)
+    times = interleaved_medians({**{k: epoch(k) for k in loaders}, "plain": plain}, runs=rounds, warmup=1)
     note = f"{train_p.augment} crop {crop}, batch {train_p.batch_size}, num_workers {train_p.num_workers}"
-    return {"train (per image per step)": _row(times, per_epoch, note)}
+    out = {"train (per image per step)": _row(times, per_epoch, note)}
+    if workers:
+        out[f"train, num_workers {workers}"] = _row(times, per_epoch, f"the same, decoding in {workers} workers", stage="stage_workers")
+    return out
 
 
 # -- 2. seeds -------------------------------------------------------------------------------
 
 def _cams(index, ids, rounds, load_params) -> dict:
+    import dataclasses
+
     import torch
     import torch.nn.functional as F
 
@@ -180,8 +206,13 @@ def _cams(index, ids, rounds, load_params) -> dict:
     voc = index.dataset("train")
     out = Path(tempfile.mkdtemp(prefix="real_images_seeds_"))
 
-    def stage():
-        write_seeds(model, ckpt["mean"], ckpt["std"], index, batches, cam_p, out, device, progress=False)
+    def stage(params):
+        return lambda: write_seeds(model, ckpt["mean"], ckpt["std"], index, batches, params, out, device, progress=False)
+
+    variants = {"stage": stage(cam_p)}
+    workers = _workers_alternative(cam_p.num_workers)
+    if workers:
+        variants["stage_workers"] = stage(dataclasses.replace(cam_p, num_workers=workers))
 
     plain_maps: dict[str, torch.Tensor] = {}
 
@@ -201,7 +232,7 @@ def _cams(index, ids, rounds, load_params) -> dict:
                 total = total + F.interpolate(cams, size=size, mode="bilinear", align_corners=False)[0]
             plain_maps[image_id] = total / total.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
 
-    times = interleaved_medians({"stage": stage, "plain": plain}, runs=rounds, warmup=1)
+    times = interleaved_medians({**variants, "plain": plain}, runs=rounds, warmup=1)
     from pipeline.io import load_seeds
 
     diff = 0.0
@@ -212,7 +243,11 @@ def _cams(index, ids, rounds, load_params) -> dict:
         diff = max(diff, float((ours - plain_maps[image_id]).abs().max()))
     note = (f"{cam_p.method}, scales {list(cam_p.scales)}, flip {cam_p.flip}, batch {cam_p.batch_size}, "
             f"num_workers {cam_p.num_workers}; max |map difference| {diff:.3g}")
-    return {"cams (per image)": {**_row(times, len(ids), note), "max_abs_map_difference": round(diff, 5)}}
+    result = {"cams (per image)": {**_row(times, len(ids), note), "max_abs_map_difference": round(diff, 5)}}
+    if workers:
+        result[f"cams, num_workers {workers}"] = _row(times, len(ids), f"the same, decoding in {workers} workers",
+                                                      stage="stage_workers")
+    return result
 
 
 # -- 3. dense CRF ---------------------------------------------------------------------------

@@ -159,11 +159,17 @@ def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     return torch.einsum("knc,nchw->nkhw", weights, features)
 
 
+def _linear_head(model: nn.Module) -> nn.Linear | None:
+    """The linear layer after global average pooling (a model's ``linear_head()`` or ``head``), or None."""
+    getter = getattr(model, "linear_head", None)
+    head = getter() if callable(getter) else getattr(model, "head", None)
+    return head if isinstance(head, nn.Linear) else None
+
+
 @register_method("cam", needs_gradients=False)
 def _cam(ctx: CamContext) -> torch.Tensor:
-    getter = getattr(ctx.model, "linear_head", None)
-    head = getter() if callable(getter) else getattr(ctx.model, "head", None)
-    if not isinstance(head, nn.Linear):
+    head = _linear_head(ctx.model)
+    if head is None:
         raise ValueError(
             "method 'cam' needs global average pooling + one nn.Linear head (a model's `linear_head()` or `head`); "
             "use gradcam for other heads"
@@ -592,6 +598,11 @@ def multiscale_cams(
     if method in _SMOOTHED_ALIASES:
         method = _SMOOTHED_ALIASES[method]
         smooth_samples = smooth_samples if smooth_samples > 0 else SMOOTHGRAD_DEFAULT_SAMPLES
+    if method == "gradcam" and not layers and _linear_head(model) is not None:
+        # Grad-CAM's gradient through global average pooling and one linear layer is W_c / (h w) at
+        # every position: once scaled per position (below) its map is CAM's exactly, so CAM makes it
+        # without the backward pass (tests/test_cams.py checks the two against each other)
+        method = "cam"
     n, _, h, w = images.shape
     padded, counts = _pad_class_ids(class_ids, _num_outputs(model, images), images.device)
     # fused layers are max-normalised one by one inside compute_cams: already size-free

@@ -211,8 +211,8 @@ class RefineParams:
     """Refinement of the seeds beyond the CRF (``refine``): ``rw`` (IRN's random walk over
     the learnt boundaries), ``par`` (AFA's training-free pixel-adaptive refinement) or ``none``."""
 
-    method: str = field("rw", choices=("rw", "par", "none"))
-    export: str = field("crf", choices=("crf", "refined"))  # which labels outputs/voc_view links (crf until rw beats it: README)
+    method: str = field("par", choices=("rw", "par", "none"))  # par: no training (the built-in default: README); rw on real images
+    export: str = field("refined", choices=("crf", "refined"))  # which labels outputs/voc_view links (and segment trains on)
     radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
     beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
     steps: int = field(256, ge=1)  # IRN: 2 ** 8 walk steps
@@ -224,7 +224,7 @@ class RefineParams:
     par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
     par_iterations: int = field(10, ge=1)  # AFA
     par_downscale: int = field(1, ge=1)  # work at 1/par_downscale of the image size
-    crf: bool = False  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
+    crf: bool = True  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
     device: str = "auto"
     processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
 

@@ -61,3 +61,26 @@ def test_tree_memory_sees_a_child_and_its_peak():
         own = int(next(line for line in f if line.startswith("VmRSS")).split()[1]) * 1024
     assert child_peak >= 200 * 2**20 > child_now  # the freed peak is still seen
     assert tree >= 0.9 * own + child_now  # the child is counted in its parent's tree
+
+
+def test_scale_on_two_tiny_sizes(tmp_path):
+    """benchmarks.scale runs the stages at each size and writes seconds per image, the
+    marginal cost between sizes and the memory ratios."""
+    import yaml
+
+    from benchmarks import scale
+
+    params = yaml.safe_load((scale.ROOT / "params.yaml").read_text())
+    params["data"]["builtin"].update(num_train=8, num_val=2, image_size=64)
+    params["model"]["backbone"] = "resnet18"
+    params["cam"].update(scales=[1.0], flip=False, device="cpu")
+    params["train"].update(batch_size=4, crop_size=64, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = scale.main(["--sizes", "8", "16", "--stages", "prepare", "train", "cams", "postprocess", "crf",
+                      "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path)])
+    stages = out["results"]["16"]["stages"]
+    assert set(stages) == {"prepare", "train", "cams", "postprocess", "crf"}
+    assert stages["crf"]["images"] == 16 and stages["crf"]["s_per_img"] > 0
+    assert "marginal_s_per_img" in stages["crf"] and "marginal_s_per_img" not in out["results"]["8"]["stages"]["crf"]
+    assert out["flatness"]["crf"]["peak_rss_largest_over_smallest"] > 0
+    assert _read(tmp_path / "scale.json")["setting"]["sizes"] == [8, 16]

@@ -257,3 +257,25 @@ def test_multiscale_gradcam_equals_irn_multiscale_cam_on_linear_head():
         maps = multiscale_cams(model, x, ids, method, scales=scales, flip=True, output_size=out)
         for m, r, classes in zip(maps, ref, ids):
             torch.testing.assert_close(m, r[classes], rtol=1e-4, atol=1e-5, msg=lambda e: f"{method}: {e}")
+
+
+def test_multiscale_gradcam_on_a_linear_head_runs_no_backward(monkeypatch):
+    """On GAP + linear, multiscale Grad-CAM is CAM exactly (the test above), so it is made
+    without autograd; a non-linear head still takes the gradient path."""
+    import pipeline.cams as cams
+
+    def no_grad_allowed(*args, **kwargs):
+        raise AssertionError("autograd.grad called")
+
+    monkeypatch.setattr(cams.torch.autograd, "grad", no_grad_allowed)
+    x = torch.randn(2, 3, 16, 12)
+    maps = multiscale_cams(_linear_model(), x, [[0, 2], [3, 1]], "gradcam", scales=(1.0, 0.5), flip=True)
+    assert [tuple(m.shape[:1]) for m in maps] == [(2,), (2,)]
+    class Callable(MLPModel):
+        def forward(self, images):
+            return self.forward_head(self.forward_features(images))
+
+    with pytest.raises(AssertionError, match="autograd.grad called"):
+        multiscale_cams(Callable(), x, [[0, 2], [3, 1]], "gradcam", scales=(1.0,), flip=False)
+    with pytest.raises(AssertionError, match="autograd.grad called"):  # a chosen layer: the gradient path too
+        multiscale_cams(_linear_model(), x, [[0]] * 2, "gradcam", layers=["features.conv"], scales=(1.0,))

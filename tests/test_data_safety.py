@@ -381,3 +381,48 @@ def test_fingerprint_benchmark_quick(tmp_path):
     case = json.loads((tmp_path / "fingerprint_quick.json").read_text())["cases"]["builtin_200"]
     assert case["images"] == 200 and case["bytes"] > 0
     assert case["digests_only"] > 0 and case["index_verify"] > 0
+
+
+def _local_imports(path: Path) -> set[Path]:
+    """The files of pipeline/ and stages/ that ``path`` imports (``from pipeline.x import y``
+    names pipeline/x.py, or pipeline/x/y.py when y is a module)."""
+    import ast
+
+    found: set[Path] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            if name.split(".")[0] not in ("pipeline", "stages"):
+                continue
+            base = REPO / name.replace(".", "/")
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.is_file():
+                    found.add(candidate)
+    return found
+
+
+def test_every_module_a_stage_imports_is_among_its_dvc_deps():
+    """A change to any code a stage runs reruns the stage: the modules of pipeline/ and
+    stages/ it imports, followed transitively, are each listed in dvc.yaml (the file, or a
+    folder above it)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for name, stage in stages.items():
+        script = REPO / "stages" / f"{stage['cmd'].split()[-1]}.py"
+        assert script.is_file(), f"{name}: {script}"
+        seen, todo = set(), [script]
+        while todo:
+            path = todo.pop()
+            if path not in seen:
+                seen.add(path)
+                todo += sorted(_local_imports(path) - seen)
+        deps = [str(d) for d in stage["deps"]]
+        files = [p.relative_to(REPO).as_posix() for p in seen if p.name != "__init__.py" or p.parent.parent != REPO]
+        lost = sorted(f for f in files if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        if lost:
+            missing[name] = lost
+    assert missing == {}

@@ -25,7 +25,7 @@ TINY = {
     "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
     "crf": {"processes": 2, "iterations": 3},
     "affinity": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu", "processes": 2},
-    "refine": {"device": "cpu", "steps": 64, "export": "refined"},
+    "refine": {"method": "rw", "crf": False, "device": "cpu", "steps": 64, "export": "refined"},
     "evaluate": {"num_overlays": 2, "faithfulness": True, "faithfulness_versus": "gradcampp", "faithfulness_max_images": 4},
     "segment": {"encoder": "tu-resnet10t", "decoder_channels": 64, "epochs": 12, "batch_size": 8, "crop_size": 64,
                 "scale_range": [0.75, 1.25], "lr": 0.003, "scales": [1.0], "flip": True, "device": "cpu"},

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
                 n = entry[PER_IMAGE.get(stage, "num_train")]
                 r["images"] = n
                 r["s_per_img"] = round(r["wall_s"] / n, 5)
+            # what is done so far, in case a long run is stopped before the largest size
+            write_results(args.name, {"setting": {"sizes": sizes, "stages": stages, "epochs": args.epochs, "params": str(args.params),
+                                                  "partial": True}, "results": results}, *([Path(args.out)] if args.out else []))
     flatness = {}
     for stage in stages:
         line = [results[str(s)]["stages"][stage] for s in sizes]

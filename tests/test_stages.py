@@ -285,39 +285,31 @@ def _tree(root: Path, subs: tuple[str, ...]) -> dict[str, bytes]:
 def test_two_nodes_on_localhost_equal_one_process(pipeline_run, tmp_path):
     """postprocess, crf, refine and evaluate launched as two torchrun "nodes" on this machine
     (two launches, one rank each, sharing a c10d rendezvous, as on two machines with a
-    shared file system) write the same bytes as one process: masks, boxes.json (per-image
-    Otsu thresholds gathered in id order), CRF and refined labels, boundary maps, every
-    metric, curve, overlay and the report."""
-    import os
-
-    params = {**TINY, "postprocess": {"bg": "auto", "box_fraction": "auto"}}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's per-rank default, for the one-process run too
-    stages = ("postprocess", "crf", "refine", "evaluate")
-    one, two = tmp_path / "one", tmp_path / "two"
-    for run_dir in (one, two):
-        _copy_run(pipeline_run, run_dir, params)
-        shutil.copytree(pipeline_run / "models", run_dir / "models", dirs_exist_ok=True)
-    for stage in stages:
-        result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=one, env=env, capture_output=True, text=True,
-                                timeout=600)
-        assert result.returncode == 0, f"{stage}:\n{result.stderr[-3000:]}"
+    shared file system) write the same bytes as the one-process run: masks, boxes.json
+    (gathered in id order), CRF and refined labels, boundary maps, every metric, curve,
+    overlay and the report. (One rank per node: torchrun leaves the thread count as it is,
+    so the floats are the one-process run's.)"""
+    _copy_run(pipeline_run, tmp_path, TINY)
+    for sub in ("outputs/masks", "outputs/boxes.json", "outputs/pseudo_labels"):  # made again below
+        shutil.rmtree(tmp_path / sub) if (tmp_path / sub).is_dir() else (tmp_path / sub).unlink()
+    for stage in ("postprocess", "crf", "refine", "evaluate"):
         endpoint = f"127.0.0.1:{_free_port()}"
         nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                    f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
                                    "--rdzv_id=two-nodes", "-m", f"stages.{stage}"],
-                                  cwd=two, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for rank in range(2)]
         logs = [node.communicate(timeout=600)[0] for node in nodes]
         assert all(node.returncode == 0 for node in nodes), f"{stage} on two nodes:\n" + "\n".join(l[-3000:] for l in logs)
         assert "2 rank(s)" in "".join(logs) or stage == "evaluate", logs[0][-2000:]
     outputs = ("outputs/masks", "outputs/boxes.json", "outputs/pseudo_labels", "outputs/refined", "metrics", "plots", "reports")
-    a, b = _tree(one, outputs), _tree(two, outputs)
-    assert sorted(a) == sorted(b)
-    assert len([k for k in a if k.startswith("outputs/refined/boundaries/")]) == 24
-    assert [k for k in a if a[k] != b[k]] == []
-    boxes = json.loads((two / "outputs/boxes.json").read_text())
-    assert list(boxes["bg"]["per_image"]) == json.loads((two / "data/prepared/dataset.json").read_text())["splits"]["train"]
-    assert not [p for p in two.rglob(".*.tmp")]  # no temporary folder left
+    two = _tree(tmp_path, outputs)
+    assert {"outputs/boxes.json", "metrics/refined.json", "metrics/faithfulness.json", "reports/index.html"} <= set(two)
+    assert len([k for k in two if k.startswith("outputs/refined/boundaries/")]) == 24
+    one = _tree(pipeline_run, tuple(two))
+    assert sorted(one) == sorted(two)
+    assert [k for k in two if one[k] != two[k]] == []
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temporary folder left
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp"])

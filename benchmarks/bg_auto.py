@@ -18,7 +18,7 @@ Tables on stdout, JSON in ``benchmarks/results/bg_auto.json`` (``--name`` to cha
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", default="bg_auto")
     args = parser.parse_args(argv)
     out_dir = Path.cwd() / "benchmarks" / "results"
-    cwd = os.getcwd()
-    os.chdir(args.run)
-    try:
+    with contextlib.chdir(args.run):  # the run's index and seeds, as its stages see them
         from stages.common import SEEDS, load_index  # relative to the run folder
 
         index = load_index()
@@ -76,8 +74,6 @@ def main(argv: list[str] | None = None) -> dict:
                 per_image[i, t] = confusion_matrix(labels_at_threshold(score, label, bg), gt, n)
             otsu_t.append(otsu_threshold(score))
             otsu_cm += confusion_matrix(labels_at_threshold(score, label, otsu_t[-1]), gt, n)
-    finally:
-        os.chdir(cwd)
     best_bg, miou = calibrate_bg(per_image.sum(0))
     best = max(miou)
     rng = np.random.default_rng(args.seed)

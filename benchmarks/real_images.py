@@ -38,7 +38,7 @@ in ``benchmarks/results/real_images.json``.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -60,12 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     results_dir = Path(args.out).resolve() if args.out else Path(__file__).resolve().parent / "results"
-    cwd = os.getcwd()
-    os.chdir(args.run)
-    try:
+    with contextlib.chdir(args.run):  # the run's params, index and outputs, as its stages see them
         return _bench(args, results_dir)
-    finally:
-        os.chdir(cwd)
 
 
 def _bench(args: argparse.Namespace, results_dir: Path) -> dict:

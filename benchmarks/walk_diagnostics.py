@@ -25,8 +25,8 @@ stage scores it (one confusion matrix, void ignored). A table on stdout, JSON in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     results_dir = Path(args.out).resolve() if args.out else Path(__file__).resolve().parent / "results"
-    cwd = os.getcwd()
-    os.chdir(args.run)
-    try:
+    with contextlib.chdir(args.run):  # the run's params, index and outputs, as its stages see them
         return _diagnose(args, results_dir)
-    finally:
-        os.chdir(cwd)
 
 
 def _diagnose(args: argparse.Namespace, results_dir: Path) -> dict:

@@ -271,6 +271,7 @@ class SegmentParams:
     weight_decay: float = field(1e-4, ge=0.0)
     momentum: float = field(0.9, ge=0.0, lt=1.0)  # sgd only
     schedule: str = field("poly", choices=("poly", "cosine", "constant"))
+    ema: float = field(0.0, ge=0.0, lt=1.0)  # 0: off; else the top decay of an average of the weights, scored and saved
     num_workers: int = field(0, ge=0)
     seed: int = field(0, ge=0)
     device: str = "auto"

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from pipeline.io import atomic_dir
 from pipeline.parallel import default_processes
 
-__all__ = ["DistInfo", "launch", "init", "shutdown", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
+__all__ = ["DistInfo", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
            "all_gather_object", "local_share"]
 
 T = TypeVar("T")
@@ -80,6 +80,24 @@ def init(device: torch.device) -> tuple[DistInfo, torch.device]:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: torch.device, processes: int = 1, module: str | None = None) -> Iterator[tuple[DistInfo, torch.device]]:
+    """A stage's whole multi-process life: :func:`launch` ``module`` under torchrun when
+    ``processes > 1`` (the parent exits with torchrun's status), :func:`init` inside, and
+    :func:`shutdown` however the body ends. Yields the rank facts and this rank's device.
+
+        with distributed.session(device, p.processes, "stages.cams") as (info, device):
+            ...
+    """
+    if module is not None:
+        launch(processes, module)
+    info, device = init(device)
+    try:
+        yield info, device
+    finally:
+        shutdown()
 
 
 def barrier(info: DistInfo) -> None:

@@ -220,12 +220,15 @@ def train_one_epoch(
     amp: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns the mean loss and the step count after it.
 
     ``amp``: autocast dtype (None: full precision); with float16 pass a ``scaler``.
     ``criterion(logits, targets)``: the loss on float32 logits; default BCE-with-logits
     (the multi-label classifier).
+    ``after_step(step)``: called after each optimizer step with the steps taken so far
+    (an average of the weights updates there).
     """
     model.train()
     criterion = criterion or nn.BCEWithLogitsLoss()
@@ -248,6 +251,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         step += 1
+        if after_step is not None:
+            after_step(step)
         total_loss += loss.item() * images.shape[0]
         seen += images.shape[0]
         if progress:

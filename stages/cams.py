@@ -17,13 +17,8 @@ def main() -> None:
     (cam_p,) = load_params("cam")
     if cam_p.method not in list_methods():
         raise ValueError(f"cam.method: unknown method {cam_p.method!r}; valid methods: {', '.join(list_methods())}")
-    distributed.launch(cam_p.processes, "stages.cams")
-    index = load_index()
-    info, device = distributed.init(resolve_device(cam_p.device))
-    try:
-        _seeds(cam_p, index, info, device)
-    finally:
-        distributed.shutdown()
+    with distributed.session(resolve_device(cam_p.device), cam_p.processes, "stages.cams") as (info, device):
+        _seeds(cam_p, load_index(), info, device)
 
 
 def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch.device) -> None:

@@ -20,12 +20,8 @@ def main() -> None:
     """A pool of ``crf.processes`` workers; under torchrun (several machines: README) each
     rank takes a block of the ids with its own pool."""
     (crf_p, data_p) = load_params("crf", "data")
-    index = load_index()
-    info, _ = distributed.init(torch.device("cpu"))
-    try:
-        _crf(crf_p, data_p, index, info)
-    finally:
-        distributed.shutdown()
+    with distributed.session(torch.device("cpu")) as (info, _):
+        _crf(crf_p, data_p, load_index(), info)
 
 
 def _crf(crf_p, data_p, index, info: distributed.DistInfo) -> None:

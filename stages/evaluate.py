@@ -55,13 +55,8 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def main() -> None:
     (ev, cam_p, refine_p) = load_params("evaluate", "cam", "refine")
-    distributed.launch(ev.processes, "stages.evaluate")
-    index = load_index()
-    info, device = distributed.init(resolve_device(cam_p.device))
-    try:
-        _evaluate(ev, cam_p, refine_p, index, info, device)
-    finally:
-        distributed.shutdown()
+    with distributed.session(resolve_device(cam_p.device), ev.processes, "stages.evaluate") as (info, device):
+        _evaluate(ev, cam_p, refine_p, load_index(), info, device)
 
 
 def _evaluate(ev, cam_p, refine_p, index, info: distributed.DistInfo, device: torch.device) -> None:

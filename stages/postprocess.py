@@ -81,13 +81,8 @@ def _calibrate(index, post) -> tuple[dict | None, dict | None]:
 
 def main() -> None:
     (post,) = load_params("postprocess")
-    distributed.launch(post.processes, "stages.postprocess")
-    index = load_index()
-    info, _ = distributed.init(torch.device("cpu"))
-    try:
-        _postprocess(post, index, info)
-    finally:
-        distributed.shutdown()
+    with distributed.session(torch.device("cpu"), post.processes, "stages.postprocess") as (info, _):
+        _postprocess(post, load_index(), info)
 
 
 def _postprocess(post, index, info: distributed.DistInfo) -> None:

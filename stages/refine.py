@@ -27,13 +27,8 @@ from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, 
 
 def main() -> None:
     refine_p, data_p, crf_p = load_params("refine", "data", "crf")
-    distributed.launch(refine_p.processes, "stages.refine")
-    index = load_index()
-    info, device = distributed.init(resolve_device(refine_p.device))
-    try:
-        _refine(refine_p, data_p, crf_p, index, info, device)
-    finally:
-        distributed.shutdown()
+    with distributed.session(resolve_device(refine_p.device), refine_p.processes, "stages.refine") as (info, device):
+        _refine(refine_p, data_p, crf_p, load_index(), info, device)
 
 
 def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: torch.device) -> None:

@@ -33,6 +33,7 @@ from pipeline.segment import (
     score_segmenter,
     segment_augmentation,
     segmentation_loss,
+    weight_average,
 )
 from pipeline.train import amp_dtype, build_optimizer, make_train_loader, resolve_device, seed_everything, train_one_epoch
 from stages.common import (
@@ -67,13 +68,9 @@ def recipe_digest(params: SegmentParams) -> str:
 def main(reference: bool = False) -> None:
     """``reference``: the segment_reference stage (the true masks, its own outputs, no ratio)."""
     segment_p, refine_p = load_params("segment", "refine")
-    distributed.launch(segment_p.processes, "stages.segment_reference" if reference else "stages.segment")
-    index = load_index()
-    info, device = distributed.init(resolve_device(segment_p.device))
-    try:
-        _segment(segment_p, refine_p.export, index, info, device, reference)
-    finally:
-        distributed.shutdown()
+    module = "stages.segment_reference" if reference else "stages.segment"
+    with distributed.session(resolve_device(segment_p.device), segment_p.processes, module) as (info, device):
+        _segment(segment_p, refine_p.export, load_index(), info, device, reference)
 
 
 def _labels_dir(label_source: str, export: str, index: DatasetIndex) -> Path | None:
@@ -116,6 +113,8 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
     optimizer = build_optimizer(model, p)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
+    average = weight_average(model, p.ema) if p.ema > 0 and info.is_main else None  # DDP keeps the ranks' weights equal
+    after_step = (lambda step: average.update(model, step=step)) if average is not None else None
     what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
     log.info("training %s on %s on the %s of %d ids (%d steps per epoch)", p.arch, p.encoder, what, len(train_set), len(loader))
     total_steps, step, loss = p.epochs * len(loader), 0, float("nan")
@@ -125,12 +124,14 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
             sampler.set_epoch(epoch)
         bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False, disable=not info.is_main)
         loss, step = train_one_epoch(net, loader, optimizer, schedule=p.schedule, step=step, total_steps=total_steps, device=device,
-                                     progress=bar, amp=amp, scaler=scaler, criterion=segmentation_loss)
+                                     progress=bar, amp=amp, scaler=scaler, criterion=segmentation_loss, after_step=after_step)
         if info.is_main:
             log.info("epoch %d/%d: loss %.4f", epoch + 1, p.epochs, loss)
     train_seconds = time.perf_counter() - start
     if not info.is_main:  # rank 0 scores and writes
         return
+    if average is not None:
+        model = average.module  # the averaged weights are the ones scored and saved
 
     val_ids = index.splits["seg_val"]
     start = time.perf_counter()

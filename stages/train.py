@@ -35,13 +35,8 @@ LIVE_DIR = Path("dvclive/train")
 
 def main() -> None:
     model_p, train_p = load_params("model", "train")
-    distributed.launch(train_p.processes, "stages.train")
-    index = load_index()
-    info, device = distributed.init(resolve_device(train_p.device))
-    try:
-        _train(model_p, train_p, index, info, device)
-    finally:
-        distributed.shutdown()
+    with distributed.session(resolve_device(train_p.device), train_p.processes, "stages.train") as (info, device):
+        _train(model_p, train_p, load_index(), info, device)
 
 
 def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.device) -> None:

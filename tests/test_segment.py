@@ -22,6 +22,7 @@ from pipeline.io import write_label_png
 from pipeline.metrics import iou_per_class, mean_iou
 from pipeline.segment import (
     CHECKPOINT_KEYS,
+    EMA_WARMUP_POWER,
     SegmentationDataset,
     build_segmenter,
     load_segmenter,
@@ -29,6 +30,7 @@ from pipeline.segment import (
     score_segmenter,
     segment_augmentation,
     segmentation_loss,
+    weight_average,
 )
 from pipeline.train import build_optimizer, train_one_epoch
 
@@ -226,6 +228,52 @@ def test_a_tiny_segmenter_learns_colour_classes_well_above_chance(colour_voc):
     iou = iou_per_class(confusion)
     assert mean_iou(confusion) > max(0.6, 2 * chance), (loss, chance, iou)
     assert iou.min() > 0.5, (loss, iou)
+
+
+# ---- the average of the weights (segment.ema) -------------------------------------------------
+
+def test_weight_average_follows_the_warmed_up_recursion():
+    """Reference written out: at update s = 1, 2, ... the decay is min(cap, 1 - s ** -power)
+    (0 at the first update: the average starts as the weights), and
+    avg_s = decay * avg_(s-1) + (1 - decay) * w_s, buffers included."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    cap = 0.6
+    average = weight_average(model, cap)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for s in range(1, 7):
+        with torch.no_grad():
+            for v in model.state_dict().values():
+                v.copy_(torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v + 1)
+        average.update(model, step=s)
+        decay = min(cap, 1 - s ** -EMA_WARMUP_POWER)
+        for k, w in model.state_dict().items():
+            if w.is_floating_point():
+                reference[k] = decay * reference[k] + (1 - decay) * w
+    assert decay == cap  # the cap was reached within the steps checked
+    for k, v in average.module.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, reference[k], rtol=1e-6, atol=1e-6, msg=k)
+    assert average.module is not model
+
+
+def test_train_one_epoch_calls_after_step_after_each_optimizer_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    loader = [(torch.randn(4, 3, 2, 2), torch.randint(0, 2, (4, 3)).float()) for _ in range(3)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
+    seen, before = [], [model[0].weight.detach().clone()]
+
+    def after_step(step: int) -> None:
+        seen.append(step)
+        assert not torch.equal(model[0].weight, before[-1])  # the step has been taken
+        before.append(model[0].weight.detach().clone())
+
+    _, step = train_one_epoch(model, loader, optimizer, schedule="constant", step=5, total_steps=8, device=CPU,
+                              after_step=after_step)
+    assert seen == [6, 7, 8] and step == 8
 
 
 # ---- checkpoints ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from pipeline.cams import load_seed_maps
 from pipeline.io import id_path
 from pipeline.metrics import cam_localization, confusion_matrix, mean_iou
 from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes)
+                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
 
 
 def _hits(maps: np.ndarray, class_ids: np.ndarray, fraction, sample) -> tuple[int, int]:
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
                 box_hits[i, t] = _hits(maps, class_ids, fraction, sample)
             otsu_box += _hits(maps, class_ids, otsu_box_fractions(full), sample)
             score, label = foreground(full, torch.from_numpy(class_ids))
-            for t, bg in enumerate(grid):
-                per_image[i, t] = confusion_matrix(labels_at_threshold(score, label, bg), gt, n)
+            per_image[i] = threshold_sweep(score, label, gt, grid, n)
             otsu_t.append(otsu_threshold(score))
             otsu_cm += confusion_matrix(labels_at_threshold(score, label, otsu_t[-1]), gt, n)
     best_bg, miou = calibrate_bg(per_image.sum(0))

@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 import torch
 
+from pipeline.data.voc import IGNORE_INDEX
+
 __all__ = [
     "BOX_SETS",
     "CALIBRATION_GRID",
@@ -37,6 +39,7 @@ __all__ = [
     "image_bg",
     "foreground",
     "labels_at_threshold",
+    "threshold_sweep",
     "seeds_to_mask",
     "seeds_to_boxes",
 ]
@@ -128,6 +131,34 @@ def foreground(maps: torch.Tensor, class_ids: torch.Tensor) -> tuple[torch.Tenso
 def labels_at_threshold(score: torch.Tensor, label: torch.Tensor, bg: float) -> torch.Tensor:
     """Argmax over a background plane at ``bg`` and the classes: background wins ties."""
     return torch.where(score > bg, label, torch.zeros_like(label))
+
+
+def threshold_sweep(score: torch.Tensor, label: torch.Tensor, gt: np.ndarray | torch.Tensor, thresholds: Sequence[float],
+                    num_classes: int) -> np.ndarray:
+    """``(T, n, n)`` confusion matrices of :func:`labels_at_threshold` at each of ``thresholds``
+    against ``gt`` (255 ignored), in one pass over the pixels instead of one per threshold.
+
+    A pixel is binned by how many thresholds its score exceeds (``score > t``, compared in the
+    score's dtype, as :func:`labels_at_threshold` compares): it keeps its label at those and is
+    background at the rest, so cumulative sums of one histogram give every matrix.
+    """
+    gt = torch.as_tensor(gt, device=score.device).reshape(-1).long()
+    valid = gt != IGNORE_INDEX
+    score, label, gt = score.reshape(-1)[valid], label.reshape(-1)[valid].long(), gt[valid]
+    n, count = num_classes, len(thresholds)
+    if label.numel() and (int(label.max()) >= n or int(label.min()) < 0 or int(gt.max()) >= n):
+        raise ValueError(f"labels and ground truth must lie in 0..{n - 1} (or 255 in the ground truth)")
+    thr = torch.as_tensor(np.asarray(thresholds, np.float64), device=score.device).to(score.dtype)
+    order = torch.argsort(thr, stable=True)
+    above_count = torch.searchsorted(thr[order], score.contiguous(), right=False)  # thresholds strictly below the score
+    hist = torch.bincount((above_count * n + gt) * n + label, minlength=(count + 1) * n * n).reshape(count + 1, n, n)
+    kept = hist.flip(0).cumsum(0).flip(0)[1:]  # [j]: pixels above sorted threshold j, which keep their label
+    dropped = hist.cumsum(0)[:-1].sum(2)  # [j, g]: pixels at or under it, which become background
+    sweep = kept.clone()
+    sweep[:, :, 0] += dropped
+    out = torch.empty_like(sweep)
+    out[order] = sweep
+    return out.cpu().numpy().astype(np.int64)
 
 
 def seeds_to_mask(maps: torch.Tensor, class_ids: torch.Tensor, bg: float) -> torch.Tensor:

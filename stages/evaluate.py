@@ -27,7 +27,7 @@ from pipeline.train import resolve_device
 from pipeline.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
 from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
                               iou_by_name, iou_per_class, mean_iou, merge_scores)
-from pipeline.postprocess import BOX_SETS, foreground, labels_at_threshold
+from pipeline.postprocess import BOX_SETS, foreground, threshold_sweep
 from pipeline.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
 from pipeline.train import to_tensor
 from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
@@ -102,8 +102,7 @@ def _evaluate(ev, cam_p, refine_p, index, info: distributed.DistInfo, device: to
         gt = torch.from_numpy(sample.mask)
         pxap.update(full, class_ids, sample.mask)
         fg_score, fg_label = foreground(full, torch.from_numpy(class_ids))
-        for t, bg in enumerate(thresholds):
-            sweep[t] += confusion_matrix(labels_at_threshold(fg_score, fg_label, float(bg)), gt, n)
+        sweep += threshold_sweep(fg_score, fg_label, gt, thresholds, n)
         mask = read_label_png(id_path(MASKS, image_id, ".png"))
         masks_cm += confusion_matrix(mask, gt, n)
         pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
@@ -138,14 +137,13 @@ def _evaluate(ev, cam_p, refine_p, index, info: distributed.DistInfo, device: to
         for name, header in (("bg_sweep", ["bg", "miou"]), ("per_class_iou", ["class", "seeds", "masks", "pseudo_labels", "refined"]),
                              ("pxap", ["threshold", "recall", "precision"])):
             _write_csv(PLOTS / f"{name}.csv", header, [])
-    box_summary = _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file)
+    box_summary, box_curves = _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file)
     # always written (DVC expects the output); {"enabled": false} when switched off
     write_json(METRICS / "faithfulness.json", _faithfulness_summary([f for _, f in ranks], cam_p, ev) if ev.faithfulness
                else {"enabled": False})
     with atomic_dir(PLOTS / "overlays") as tmp:
         for image_id, picture in overlays:
             Image.fromarray(picture).save(id_path(tmp, image_id, ".png"))
-    box_curves = max_box_acc.curves() if max_box_acc.num_pairs else {}
     pr = pxap.curve()
     charts = [line_chart_svg(max_box_acc.thresholds, box_curves, x_label="map threshold", y_label="BoxAcc",
                              title="BoxAcc against the map threshold (MaxBoxAcc, MaxBoxAccV2)")] if box_curves else []
@@ -217,8 +215,9 @@ def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, score
                [[float(t), round(float(r), 4), _round(p)] for t, r, p in zip(pxap.thresholds, pr["recall"], pr["precision"])])
 
 
-def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> dict:
-    """metrics/boxes.json and plots/max_box_acc.csv (header only without ground-truth boxes); the summary."""
+def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> tuple[dict, dict[str, np.ndarray]]:
+    """metrics/boxes.json and plots/max_box_acc.csv (header only without ground-truth boxes); the
+    summary and the BoxAcc curves (empty without ground-truth boxes)."""
     box_summary = {}
     for name, score in box_scores.items():
         s = score.summary()
@@ -241,7 +240,7 @@ def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> dict:
     _write_csv(PLOTS / "max_box_acc.csv", ["threshold", *(box_curves or ["largest_iou50", "any_iou30", "any_iou50", "any_iou70"])],
                [[float(t), *(round(float(c[i]), 4) for c in box_curves.values())] for i, t in enumerate(max_box_acc.thresholds)]
                if box_curves else [])
-    return box_summary
+    return box_summary, box_curves
 
 
 def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, names, charts) -> None:

@@ -15,9 +15,9 @@ from pipeline.cams import load_seed_maps
 from pipeline.config import AUTO
 from pipeline.data.voc import DatasetError, VOCDataset
 from pipeline.io import id_path, write_json, write_label_png
-from pipeline.metrics import CamLocalizationScore, confusion_matrix
+from pipeline.metrics import CamLocalizationScore
 from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes)
+                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
 from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 
 
@@ -52,8 +52,7 @@ def _calibrate(index, post) -> tuple[dict | None, dict | None]:
         if want_bg:
             gt = torch.from_numpy(sample.mask)
             score, label = foreground(full, torch.from_numpy(class_ids))
-            for t, bg in enumerate(CALIBRATION_GRID):
-                sweep[t] += confusion_matrix(labels_at_threshold(score, label, bg), gt, n)
+            sweep += threshold_sweep(score, label, gt, CALIBRATION_GRID, n)
         if want_box:
             maps = full.numpy()
             for t, fraction in enumerate(CALIBRATION_GRID):

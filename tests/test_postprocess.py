@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.metrics import confusion_matrix
+
 from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, seeds_to_mask)
+                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, seeds_to_mask, threshold_sweep)
 
 
 def test_mask_argmax_with_background_plane():
@@ -21,6 +23,26 @@ def test_mask_argmax_with_background_plane():
     score, label = foreground(maps, ids)
     assert labels_at_threshold(score, label, 0.0).tolist() == [[5, 10, 5], [0, 10, 10]]
     assert labels_at_threshold(score, label, 1.0).tolist() == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_threshold_sweep_equals_one_confusion_matrix_per_threshold():
+    """Reference: labels_at_threshold then confusion_matrix, threshold by threshold. The
+    thresholds are unsorted, repeat, fall exactly on scores (ties: background) and lie
+    outside [0, 1]; the truth has void pixels, some pixels carry label 0."""
+    rng = np.random.default_rng(0)
+    n = 6
+    score = torch.from_numpy(rng.choice(np.linspace(0, 1, 11), (37, 23)).astype(np.float32))
+    label = torch.from_numpy(rng.integers(0, n, (37, 23)))
+    gt = rng.integers(0, n, (37, 23)).astype(np.uint8)
+    gt[rng.random(gt.shape) < 0.2] = 255
+    thresholds = [0.5, 0.1, 0.3, 0.3, -0.1, 1.0, 0.05, 0.7, 1.2, 0.0]
+    sweep = threshold_sweep(score, label, gt, thresholds, n)
+    assert sweep.shape == (len(thresholds), n, n) and sweep.dtype == np.int64
+    for t, bg in enumerate(thresholds):
+        np.testing.assert_array_equal(sweep[t], confusion_matrix(labels_at_threshold(score, label, bg), gt, n), err_msg=str(bg))
+    assert sweep[0].sum() == (gt != 255).sum()
+    with pytest.raises(ValueError, match="0..5"):
+        threshold_sweep(score, label + 1, gt, thresholds, n)
 
 
 def test_boxes_largest_components_union():

@@ -90,15 +90,12 @@ def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
 
     Reading happens here so that only paths cross the process boundary on the way in.
     """
-    from PIL import Image
-
-    from pipeline.io import read_label_png
+    from pipeline.io import IMAGE_ERRORS, read_label_png, read_rgb
 
     image_path, mask_path, class_ids, params = job
     try:
-        with Image.open(image_path) as im:
-            image = np.array(im.convert("RGB"))
-    except (OSError, SyntaxError) as err:
+        image = read_rgb(image_path)
+    except IMAGE_ERRORS as err:
         raise ValueError(f"{image_path}: cannot decode image ({err})") from None
     mask = read_label_png(mask_path)
     if mask.shape != image.shape[:2]:
@@ -116,13 +113,12 @@ def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]
     The CRF's plain argmax is returned (no ignore): :func:`pipeline.affinity.confident_labels`
     combines the two maps.
     """
-    from PIL import Image
+    from pipeline.io import IMAGE_ERRORS, read_rgb
 
     image_path, fg_mask, bg_mask, class_ids, params = job
     try:
-        with Image.open(image_path) as im:
-            image = np.array(im.convert("RGB"))
-    except (OSError, SyntaxError) as err:
+        image = read_rgb(image_path)
+    except IMAGE_ERRORS as err:
         raise ValueError(f"{image_path}: cannot decode image ({err})") from None
     plain = dataclasses.replace(params, ignore_confidence=0.0, ignore_disagreement=False)
     return tuple(refine_mask(image, m, np.asarray(class_ids), plain) for m in (fg_mask, bg_mask))

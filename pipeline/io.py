@@ -40,6 +40,9 @@ __all__ = [
     "voc_palette",
     "write_label_png",
     "read_label_png",
+    "IMAGE_ERRORS",
+    "read_rgb",
+    "read_image_size",
     "save_seeds",
     "load_seeds",
 ]
@@ -287,6 +290,24 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(f"{path}: label image not found") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read label image ({err})") from None
+
+
+# What PIL raises for a file that is not a readable image: truncated or foreign data, a
+# header it cannot parse, a picture past its decompression-bomb limit.
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of an image in any mode PIL reads; one of :data:`IMAGE_ERRORS`
+    (the original, for the caller to name the file) when it cannot be decoded."""
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(H, W)`` from the image's header, without decoding; :data:`IMAGE_ERRORS` as :func:`read_rgb`."""
+    with Image.open(path) as image:
+        return image.height, image.width
 
 
 def save_seeds(path: str | os.PathLike, maps: np.ndarray, class_ids: np.ndarray, image_size: tuple[int, int]) -> None:

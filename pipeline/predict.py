@@ -44,7 +44,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.io import IMAGE_SUFFIXES, atomic_path, write_label_png
+from pipeline.io import IMAGE_ERRORS, IMAGE_SUFFIXES, atomic_path, read_image_size, read_rgb, write_label_png
 from pipeline.paths import SEGMENTER
 from pipeline.segment import load_segmenter, segment_images
 from pipeline.train import amp_dtype, resolve_device
@@ -53,9 +53,6 @@ from pipeline.viz import label_overlay
 __all__ = ["IMAGE_SUFFIXES", "BadImageError", "PredictSummary", "list_images", "predict_folder", "main"]
 
 log = logging.getLogger("wsl")
-
-# what Pillow raises for a file that is not an image, is damaged, or is too large to decode
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class BadImageError(ValueError):
@@ -94,18 +91,16 @@ def list_images(folder: str | Path) -> list[Path]:
 def _image_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` from the header (no decoding)."""
     try:
-        with Image.open(path) as image:
-            return image.height, image.width
-    except _DECODE_ERRORS as err:
+        return read_image_size(path)
+    except IMAGE_ERRORS as err:
         raise BadImageError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
 
 
 def _load_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB, checked against the ``(H, W)`` its header stated."""
     try:
-        with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
-    except _DECODE_ERRORS as err:
+        rgb = read_rgb(path)
+    except IMAGE_ERRORS as err:
         raise BadImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from None
     if rgb.shape[:2] != size:  # a batch must hold one size; a damaged file could disagree with its own header
         raise BadImageError(f"{path}: decoded {rgb.shape[1]}x{rgb.shape[0]} (WxH) but its header says {size[1]}x{size[0]}")

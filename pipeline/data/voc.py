@@ -26,10 +26,13 @@ import numpy as np
 from PIL import Image
 
 from pipeline.io import (
+    IMAGE_ERRORS,
     atomic_path,
     id_path,
     read_id_file,
+    read_image_size,
     read_label_png,
+    read_rgb,
     unique_ids,
     validate_id,
     write_label_png,
@@ -201,9 +204,8 @@ class VOCDataset:
         if not path.is_file():
             raise DatasetError(f"{path}: image for id {image_id!r} not found")
         try:
-            with Image.open(path) as image:
-                return np.array(image.convert("RGB"))
-        except (OSError, SyntaxError) as err:
+            return read_rgb(path)
+        except IMAGE_ERRORS as err:
             raise DatasetError(f"{path}: cannot decode image for id {image_id!r} ({err})") from None
 
     def image_size(self, image_id: str) -> tuple[int, int]:
@@ -212,9 +214,8 @@ class VOCDataset:
         if not path.is_file():
             raise DatasetError(f"{path}: image for id {image_id!r} not found")
         try:
-            with Image.open(path) as image:
-                return image.height, image.width
-        except (OSError, SyntaxError) as err:
+            return read_image_size(path)
+        except IMAGE_ERRORS as err:
             raise DatasetError(f"{path}: cannot read image for id {image_id!r} ({err})") from None
 
     def load_mask(self, image_id: str, image_size: tuple[int, int] | None = None) -> np.ndarray | None:

@@ -302,8 +302,8 @@ class BoundaryNet(nn.Module):
             for c in channels
         )
         self.fuse = nn.Conv2d(width * len(channels), 1, 1)
-        if freeze_encoder:
-            self.encoder.eval()
+        if freeze_encoder:  # no gradient at all: DDP then expects none from the encoder
+            self.encoder.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> BoundaryNet:
         super().train(mode)

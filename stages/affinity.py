@@ -4,6 +4,11 @@ and the boundary network trained on them (models/affinity.pt, metrics/affinity.j
 
 With `refine.method` other than `rw` nothing is trained: the outputs say so, and the
 stage takes a second.
+
+Under torchrun (launched by hand, on one machine or several: README, "Several machines"),
+as the crf stage: each rank makes the labels of a block of the ids with its own CRF pool
+(``affinity.processes`` per machine), into one shared folder, and the boundary network
+trains under DDP, ``affinity.batch_size`` being the global batch.
 """
 
 from __future__ import annotations
@@ -13,19 +18,20 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.affinity import BoundaryNet, confident_labels, pair_offsets
 from pipeline.cams import load_seed_maps
 from pipeline.crf import POOL_CHUNKSIZE, crf_label_pair
 from pipeline.export import VOC_SUBDIR
 from pipeline.io import atomic_dir, atomic_path, id_path, read_label_png, write_json, write_label_png
 from pipeline.models import MultiLevelEncoder, backbone_normalization, build_classifier, load_classifier
-from pipeline.parallel import default_processes, parallel_map
+from pipeline.parallel import parallel_map
 from pipeline.postprocess import seeds_to_mask
 from pipeline.refine import AffinityDataset, affinity_augmentation, train_boundary_epoch
-from pipeline.train import amp_dtype, resolve_device, seed_everything
+from pipeline.train import amp_dtype, make_train_loader, resolve_device, seed_everything
 from stages.common import (AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, PSEUDO_LABELS, SEEDS, load_index, load_params,
                            log, run)
 
@@ -34,27 +40,43 @@ METRICS_FILE = METRICS / "affinity.json"
 
 def main() -> None:
     aff_p, refine_p, crf_p = load_params("affinity", "refine", "crf")
-    index = load_index()
+    with distributed.session(resolve_device(aff_p.device)) as (info, device):
+        _affinity(aff_p, refine_p, crf_p, load_index(), info, device)
+
+
+def _affinity(aff_p, refine_p, crf_p, index, info: distributed.DistInfo, device: torch.device) -> None:
     if refine_p.method != "rw":
-        reason = f"refine.method is {refine_p.method!r}: the boundary network is used by 'rw' only"
-        with atomic_dir(AFFINITY_LABELS) as tmp:
-            (tmp / "NOT_TRAINED.txt").write_text(reason + "\n")
-        with atomic_path(AFFINITY_MODEL) as tmp, open(tmp, "wb") as f:
-            torch.save({"trained": False, "reason": reason}, f)
-        write_json(METRICS_FILE, {"trained": False, "reason": reason})
-        log.info("affinity: not trained (%s)", reason)
+        if info.is_main:
+            _not_trained(f"refine.method is {refine_p.method!r}: the boundary network is used by 'rw' only")
         return
+    if aff_p.batch_size % info.world_size:
+        raise ValueError(f"affinity.batch_size {aff_p.batch_size} is the global batch: it must divide by the {info.world_size} ranks")
     start = time.perf_counter()
-    label_stats = _confident_labels(index, aff_p, crf_p) if aff_p.labels == "confident" else _crf_labels(index)
+    counts = _confident_labels(index, aff_p, crf_p, info) if aff_p.labels == "confident" else _crf_labels(index, info)
+    label_stats = _label_stats(counts)
+    log.info("%s of %d images: %s", "confident labels" if aff_p.labels == "confident" else "training labels (the CRF pseudo-labels)",
+             len(index.splits["train"]), label_stats)
     label_time = time.perf_counter() - start
-    losses, train_time = _train(index, aff_p)
-    write_json(METRICS_FILE, {"trained": True, **{k: round(v, 5) for k, v in losses.items()}, **label_stats,
-                              "epochs": aff_p.epochs, "labels_s": round(label_time, 1), "train_s": round(train_time, 1)})
+    losses, train_time = _train(index, aff_p, info, device)
+    if info.is_main:
+        write_json(METRICS_FILE, {"trained": True, **{k: round(v, 5) for k, v in losses.items()}, **label_stats,
+                                  "epochs": aff_p.epochs, "processes": info.world_size, "labels_s": round(label_time, 1),
+                                  "train_s": round(train_time, 1)})
 
 
-def _confident_labels(index, aff_p, crf_p) -> dict:
-    """IRN's confident labels of every training image, by a pool of CRF workers."""
-    ids = index.splits["train"]
+def _not_trained(reason: str) -> None:
+    with atomic_dir(AFFINITY_LABELS) as tmp:
+        (tmp / "NOT_TRAINED.txt").write_text(reason + "\n")
+    with atomic_path(AFFINITY_MODEL) as tmp, open(tmp, "wb") as f:
+        torch.save({"trained": False, "reason": reason}, f)
+    write_json(METRICS_FILE, {"trained": False, "reason": reason})
+    log.info("affinity: not trained (%s)", reason)
+
+
+def _confident_labels(index, aff_p, crf_p, info: distributed.DistInfo) -> np.ndarray:
+    """IRN's confident labels of this rank's block of the training ids, by a pool of CRF
+    workers; the (background, class, unsure) pixel counts of all ranks."""
+    ids = distributed.block(index.splits["train"], info)
     voc = index.dataset("train")
 
     def jobs():
@@ -65,19 +87,23 @@ def _confident_labels(index, aff_p, crf_p) -> dict:
             yield str(voc.image_path(image_id)), masks[0], masks[1], class_ids.tolist(), crf_p
 
     counts = np.zeros(3, np.int64)  # background, class, unsure pixels
-    processes = default_processes(aff_p.processes) if aff_p.label_crf else 1
-    with atomic_dir(AFFINITY_LABELS) as tmp:
+    processes = distributed.local_share(aff_p.processes, info) if aff_p.label_crf else 1
+    with distributed.shared_atomic_dir(AFFINITY_LABELS, info) as tmp:
         if aff_p.label_crf:
             results = parallel_map(crf_label_pair, jobs(), processes=processes, chunksize=POOL_CHUNKSIZE)
         else:  # the two thresholded seed masks as they are
             results = ((fg_mask, bg_mask) for _, fg_mask, bg_mask, _, _ in jobs())
-        for image_id, (fg, bg) in tqdm(zip(ids, results), total=len(ids), desc=f"confident labels ({processes} proc)", unit="img"):
+        for image_id, (fg, bg) in tqdm(zip(ids, results), total=len(ids), desc=f"confident labels ({processes} proc)", unit="img",
+                                       disable=not info.is_main):
             labels = confident_labels(torch.from_numpy(fg), torch.from_numpy(bg)).numpy()
-            counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
+            counts += _counts(labels)
             write_label_png(id_path(tmp, image_id, ".png"), labels)
-    stats = _label_stats(counts)
-    log.info("confident labels of %d images: %s", len(ids), stats)
-    return stats
+    return sum(distributed.all_gather_object(counts, info))
+
+
+def _counts(labels: np.ndarray) -> np.ndarray:
+    """(background, class, unsure) pixels of one label map."""
+    return np.array([(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()], np.int64)
 
 
 def _label_stats(counts: np.ndarray) -> dict:
@@ -86,19 +112,17 @@ def _label_stats(counts: np.ndarray) -> dict:
             "unsure_fraction": round(float(counts[2] / total), 4)}
 
 
-def _crf_labels(index) -> dict:
-    """affinity.labels crf: the crf stage's pseudo-labels, copied as they are (255 where the CRF is unsure)."""
+def _crf_labels(index, info: distributed.DistInfo) -> np.ndarray:
+    """affinity.labels crf: the crf stage's pseudo-labels of this rank's block, copied as they
+    are (255 where the CRF is unsure); the pixel counts of all ranks."""
     source = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
     counts = np.zeros(3, np.int64)
-    with atomic_dir(AFFINITY_LABELS) as tmp:
-        for image_id in tqdm(index.splits["train"], desc="CRF labels", unit="img"):
+    with distributed.shared_atomic_dir(AFFINITY_LABELS, info) as tmp:
+        for image_id in tqdm(distributed.block(index.splits["train"], info), desc="CRF labels", unit="img", disable=not info.is_main):
             path = id_path(source, image_id, ".png")
-            labels = read_label_png(path)  # checks the file
-            counts += [(labels == 0).sum(), ((labels > 0) & (labels != 255)).sum(), (labels == 255).sum()]
+            counts += _counts(read_label_png(path))  # reading checks the file
             shutil.copyfile(path, id_path(tmp, image_id, ".png"))
-    stats = _label_stats(counts)
-    log.info("training labels: the CRF pseudo-labels of %d images: %s", len(index.splits["train"]), stats)
-    return stats
+    return sum(distributed.all_gather_object(counts, info))
 
 
 def _encoder(aff_p):
@@ -113,9 +137,9 @@ def _encoder(aff_p):
     return classifier, spec, tuple(aff_p.mean or mean), tuple(aff_p.std or std)
 
 
-def _train(index, aff_p) -> tuple[dict[str, float], float]:
-    generator = seed_everything(aff_p.seed)
-    device = resolve_device(aff_p.device)
+def _train(index, aff_p, info: distributed.DistInfo, device: torch.device) -> tuple[dict[str, float], float]:
+    """The boundary network (DDP under torchrun; rank 0 saves it); rank 0's mean loss terms of the last epoch."""
+    generator = seed_everything(aff_p.seed)  # the same initial head on every rank
     amp = amp_dtype(aff_p.amp, device)
     classifier, spec, mean, std = _encoder(aff_p)
     encoder = MultiLevelEncoder(classifier)
@@ -131,18 +155,23 @@ def _train(index, aff_p) -> tuple[dict[str, float], float]:
     fill = [255 * m for m in mean]
     data = AffinityDataset(index.dataset("train"), AFFINITY_LABELS,
                            affinity_augmentation(aff_p.crop_size, aff_p.scale_range, fill, seed=aff_p.seed), mean, std)
-    loader = DataLoader(data, batch_size=aff_p.batch_size, shuffle=True, drop_last=len(data) > aff_p.batch_size,
-                        generator=generator, num_workers=aff_p.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=aff_p.num_workers > 0)
+    loader, sampler = make_train_loader(data, batch_size=aff_p.batch_size, info=info, seed=aff_p.seed, generator=generator,
+                                        num_workers=aff_p.num_workers, device=device)
+    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else net
     offsets = pair_offsets(aff_p.radius)
     total, step, start = aff_p.epochs * len(loader), 0, time.perf_counter()
     losses: dict[str, float] = {}
     for epoch in range(aff_p.epochs):
-        bar = lambda it: tqdm(it, desc=f"affinity epoch {epoch + 1}/{aff_p.epochs}", unit="batch", leave=False)
-        losses, step = train_boundary_epoch(net, loader, optimizer, offsets, step=step, total_steps=total, device=device,
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        bar = lambda it: tqdm(it, desc=f"affinity epoch {epoch + 1}/{aff_p.epochs}", unit="batch", leave=False, disable=not info.is_main)
+        losses, step = train_boundary_epoch(model, loader, optimizer, offsets, step=step, total_steps=total, device=device,
                                             amp=amp, progress=bar)
-        log.info("affinity epoch %d/%d: %s", epoch + 1, aff_p.epochs, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if info.is_main:
+            log.info("affinity epoch %d/%d: %s", epoch + 1, aff_p.epochs, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     train_time = time.perf_counter() - start
+    if not info.is_main:
+        return losses, train_time
     with atomic_path(AFFINITY_MODEL) as tmp, open(tmp, "wb") as f:  # through a file object: see stages/train.py
         torch.save({"trained": True, "state_dict": net.state_dict(), "encoder": spec, "width": aff_p.width,
                     "mean": list(mean), "std": list(std)}, f)

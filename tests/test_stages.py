@@ -256,6 +256,29 @@ def test_train_in_two_processes(pipeline_run, tmp_path):
     assert not any(k.startswith("module.") for k in state)  # saved unwrapped: cams loads it as it is
 
 
+def test_affinity_under_torchrun_in_two_processes(pipeline_run, tmp_path):
+    """The affinity stage launched by hand under torchrun (as on several machines): each rank
+    copies a block of the training labels into the one shared folder (the same files as one
+    process), and the boundary network trains under DDP and is saved once."""
+    _copy_run(pipeline_run, tmp_path, TINY)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "stages.affinity"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    labels = ("outputs/affinity_labels",)
+    one, two = _tree(pipeline_run, labels), _tree(tmp_path, labels)
+    assert len(two) == 24 and sorted(one) == sorted(two) and all(one[k] == two[k] for k in one)
+    metrics = json.loads((tmp_path / "metrics/affinity.json").read_text())
+    reference = json.loads((pipeline_run / "metrics/affinity.json").read_text())
+    assert metrics["trained"] and metrics["processes"] == 2 and reference["processes"] == 1
+    assert {k: metrics[k] for k in metrics if k.endswith("_fraction")} == {k: reference[k] for k in reference if k.endswith("_fraction")}
+    assert np.isfinite(metrics["loss"])
+    import torch
+
+    state = torch.load(tmp_path / "models/affinity.pt", weights_only=True)["state_dict"]
+    assert not any(k.startswith("module.") for k in state)  # saved unwrapped: refine loads it as it is
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
+
+
 def test_train_batch_must_divide_by_processes(pipeline_run, tmp_path):
     params = {**TINY, "train": {**TINY["train"], "batch_size": 7, "processes": 2}}
     _copy_run(pipeline_run, tmp_path, params)

@@ -9,7 +9,7 @@ included: the forkserver is stopped before every timed run, so each pool starts 
 its preloads as a ``crf`` stage run does), interleaved, median of ``--runs``.
 
     python -m benchmarks.crf_speed            # 64 images, 1 vs all cores
-    python -m benchmarks.crf_speed --quick    # smoke run: 8 generated images, 1 run
+    python -m benchmarks.crf_speed --quick    # smoke run: 4 generated images, 1 run, no warm-up
 """
 
 from __future__ import annotations
@@ -65,11 +65,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num", type=int, default=64)
     parser.add_argument("--processes", type=int, default=0, help="the N of 1 vs N (0: one per core)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 8 generated images, 1 run")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 4 generated images, 1 run, no warm-up")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.num, args.runs, args.voc = 8, 1, None
+        args.num, args.runs, args.voc = 4, 1, None
     processes = max(2, default_processes(args.processes))
     params = CrfParams()
     all_classes = list(range(len(VOC_CLASSES)))
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
             return list(parallel_map(refine_files, j, processes=p, chunksize=POOL_CHUNKSIZE))
 
         fns = {f"{labels}, {p} proc": (lambda j=jobs[labels], p=p: refine(j, p)) for labels in ("present", "all") for p in (1, processes)}
-        timing = interleaved_medians(fns, runs=args.runs)
+        timing = interleaved_medians(fns, runs=args.runs, warmup=0 if args.quick else 1)
 
     n = len(pairs)
     rows, results = [], {}

@@ -53,3 +53,17 @@ def voc_root(tmp_path: Path) -> Path:
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> Path:
+    """Every stage up to evaluate on the tiny built-in set of tests/test_stages.py, run once per
+    session and shared (read only) by the tests that need a finished run."""
+    from test_stages import STAGES, TINY, run_stage, write_params
+
+    cwd = tmp_path_factory.mktemp("run")
+    write_params(cwd, TINY)
+    for stage in STAGES:
+        result = run_stage(cwd, stage)
+        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    return cwd

@@ -8,7 +8,6 @@ import pytest
 
 from pipeline.io import load_seeds, read_label_png
 from pipeline.unlabeled import label_scores, main, seeds_for_folder
-from test_stages import pipeline_run  # noqa: F401  (the module-scoped fixture: a trained tiny classifier)
 
 
 def test_label_scores_hand_case():

@@ -29,7 +29,7 @@ from pipeline.io import atomic_dir
 from pipeline.parallel import default_processes
 
 __all__ = ["DistInfo", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
-           "all_gather_object", "local_share"]
+           "all_gather_object", "local_share", "data_parallel"]
 
 T = TypeVar("T")
 
@@ -98,6 +98,14 @@ def session(device: torch.device, processes: int = 1, module: str | None = None)
         yield info, device
     finally:
         shutdown()
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """``model`` wrapped in DistributedDataParallel under several ranks (this rank's GPU on
+    CUDA), else ``model`` itself; save ``model``, never the wrapper."""
+    if not info.distributed:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def barrier(info: DistInfo) -> None:

@@ -18,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
@@ -157,7 +156,7 @@ def _train(index, aff_p, info: distributed.DistInfo, device: torch.device) -> tu
                            affinity_augmentation(aff_p.crop_size, aff_p.scale_range, fill, seed=aff_p.seed), mean, std)
     loader, sampler = make_train_loader(data, batch_size=aff_p.batch_size, info=info, seed=aff_p.seed, generator=generator,
                                         num_workers=aff_p.num_workers, device=device)
-    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else net
+    model = distributed.data_parallel(net, info, device)
     offsets = pair_offsets(aff_p.radius)
     total, step, start = aff_p.epochs * len(loader), 0, time.perf_counter()
     losses: dict[str, float] = {}

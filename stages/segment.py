@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline import distributed
@@ -112,7 +111,7 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
                                         num_workers=p.num_workers, device=device)
     optimizer = build_optimizer(model, p)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
+    net = distributed.data_parallel(model, info, device)
     average = weight_average(model, p.ema) if p.ema > 0 and info.is_main else None  # DDP keeps the ranks' weights equal
     after_step = (lambda step: average.update(model, step=step)) if average is not None else None
     what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"

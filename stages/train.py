@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 from dvclive import Live
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -61,7 +60,7 @@ def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.de
 
     optimizer = build_optimizer(model, train_p)
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
+    net = distributed.data_parallel(model, info, device)
     total_steps = train_p.epochs * len(train_loader)
     step, start = 0, time.perf_counter()
     loss = val_map = float("nan")

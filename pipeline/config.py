@@ -280,6 +280,9 @@ class SegmentParams:
     scales: tuple[float, ...] = field((0.5,), gt=0.0, nonempty=True)  # test-time scales (probabilities averaged)
     flip: bool = True  # add mirrored copies at test time
     crf: bool = False  # dense CRF (IRN's kernels, pipeline.crf) on each prediction, over the classes it predicts
+    # rounds of self-training: a fresh network trained on the previous one's labels of the training
+    # ids (test-time scales, flip and crf as above), each restricted to the image's own classes
+    self_training: int = field(0, ge=0)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

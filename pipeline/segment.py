@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from pipeline.config import SEGMENT_ARCHITECTURES, CrfParams
 from pipeline.crf import refine_mask
 from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
-from pipeline.io import id_path, read_label_png
+from pipeline.io import id_path, read_label_png, write_label_png
 from pipeline.metrics import confusion_matrix
 from pipeline.models import backbone_normalization, load_checkpoint, load_feature_weights
 from pipeline.train import to_tensor
@@ -50,6 +50,7 @@ __all__ = [
     "crf_on_prediction",
     "segment_images",
     "score_segmenter",
+    "write_image_class_labels",
     "load_segmenter",
 ]
 
@@ -279,15 +280,28 @@ def crf_on_prediction(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def segment_images(model: nn.Module, images: Sequence[np.ndarray], *, mean: Sequence[float], std: Sequence[float],
                    device: torch.device, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
-                   amp: torch.dtype | None = None) -> list[np.ndarray]:
-    """Label maps of a batch of ``(H, W, 3)`` uint8 images of one size: ``(H, W)`` uint8 each."""
+                   amp: torch.dtype | None = None, classes: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
+    """Label maps of a batch of ``(H, W, 3)`` uint8 images of one size: ``(H, W)`` uint8 each.
+
+    ``classes``: for each image, the class indices (0-based, background excluded) it may be
+    labelled with, its image-level labels; background is always allowed. None: any class.
+    """
     if len({im.shape for im in images}) != 1:
         raise ValueError(f"segment_images: one batch must hold images of one size, got {sorted({im.shape for im in images})}")
     x = torch.stack([torch.from_numpy(np.ascontiguousarray(im)) for im in images]).to(device)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.as_tensor(mean, dtype=x.dtype, device=device)[:, None, None]
     s = torch.as_tensor(std, dtype=x.dtype, device=device)[:, None, None]
-    labels = predict_probs(model, (x - m) / s, scales=scales, flip=flip, amp=amp).argmax(1).to(torch.uint8).cpu().numpy()
+    probs = predict_probs(model, (x - m) / s, scales=scales, flip=flip, amp=amp)
+    if classes is not None:
+        if len(classes) != len(images):
+            raise ValueError(f"segment_images: {len(classes)} class lists for {len(images)} images")
+        allowed = torch.zeros(probs.shape[:2], dtype=torch.bool, device=device)
+        allowed[:, 0] = True
+        for row, image_classes in zip(allowed, classes):
+            row[[c + 1 for c in image_classes]] = True
+        probs = probs.masked_fill(~allowed[:, :, None, None], -1.0)  # below every allowed probability
+    labels = probs.argmax(1).to(torch.uint8).cpu().numpy()
     if crf:
         labels = np.stack([crf_on_prediction(im, lab) for im, lab in zip(images, labels)])
     return list(labels)
@@ -318,6 +332,36 @@ def score_segmenter(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequenc
     if bar is not None:
         bar.close()
     return confusion.numpy()
+
+
+def write_image_class_labels(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequence[str]], out_dir: str | Path, *,
+                              num_classes: int, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                              scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False,
+                              amp: torch.dtype | None = None, progress: Callable | None = None) -> np.ndarray:
+    """``model``'s labels of the ids in ``batches`` (ids of one image size each), restricted to
+    background and each image's image-level classes, written as ``<id>.png`` into ``out_dir``:
+    the targets of a self-training round.
+
+    Returns the ``(K, K)`` confusion matrix of those labels against the ids' ground-truth masks
+    where they have one (all zeros where none has).
+    """
+    out_dir = Path(out_dir)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    bar = progress(total=sum(len(b) for b in batches)) if progress else None
+    for batch in batches:
+        images = [voc.load_image(i) for i in batch]
+        labels = segment_images(model, images, mean=mean, std=std, device=device, scales=scales, flip=flip, crf=crf, amp=amp,
+                                classes=[voc.labels(i) for i in batch])
+        for image_id, image, lab in zip(batch, images, labels):
+            write_label_png(id_path(out_dir, image_id, ".png"), lab)
+            mask = voc.load_mask(image_id, image.shape[:2]) if voc.has_mask(image_id) else None
+            if mask is not None:
+                confusion += confusion_matrix(lab, mask, num_classes)
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return confusion
 
 
 def load_segmenter(path: str | Path, device: torch.device) -> tuple[Segmenter, dict]:

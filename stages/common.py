@@ -46,6 +46,7 @@ from pipeline.paths import (  # noqa: F401  (re-exported: the stages import thei
     SEGMENT_METRICS,
     SEGMENTER_REFERENCE,
     SEGMENT_REFERENCE_METRICS,
+    SELF_TRAINING_LABELS,
     PLOTS,
     REPORTS,
 )

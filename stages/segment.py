@@ -9,11 +9,15 @@ holds the val mIoU, the IoU of each class and, from metrics/segment_reference.js
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,6 +37,7 @@ from pipeline.segment import (
     segment_augmentation,
     segmentation_loss,
     weight_average,
+    write_image_class_labels,
 )
 from pipeline.train import amp_dtype, build_optimizer, make_train_loader, resolve_device, seed_everything, train_one_epoch
 from stages.common import (
@@ -41,6 +46,7 @@ from stages.common import (
     REFINED,
     SEGMENT_METRICS,
     SEGMENT_REFERENCE_METRICS,
+    SELF_TRAINING_LABELS,
     SEGMENTER,
     SEGMENTER_REFERENCE,
     load_index,
@@ -53,8 +59,9 @@ from stages.common import (
 EXPORTED_LABELS = {"crf": PSEUDO_LABELS, "refined": REFINED}
 
 
-# segment params that do not make another recipe: the targets, where it runs, how images are read
-NOT_RECIPE = ("label_source", "device", "num_workers")
+# segment params that do not make another recipe: the targets, where it runs, how images are read;
+# self-training is part of the weak pipeline (the reference trains once on the true masks)
+NOT_RECIPE = ("label_source", "device", "num_workers", "self_training")
 
 
 def recipe_digest(params: SegmentParams) -> str:
@@ -98,54 +105,40 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
         raise ValueError(f"segment.batch_size {p.batch_size} is the global batch: it must divide by segment.processes {info.world_size}")
     label_source = "gt" if reference else p.label_source
     labels_dir = _labels_dir(label_source, export, index)
-    generator = seed_everything(p.seed)  # the same initial weights on every rank
     amp = amp_dtype(p.amp, device)
     mean, std = encoder_normalization(p.encoder)
     class_names = ["background", *index.classes]
-
-    model = build_segmenter(p.arch, p.encoder, len(class_names), weights=p.weights, decoder_channels=p.decoder_channels)
-    model = model.to(device).to(memory_format=torch.channels_last)
-    augment = segment_augmentation(p.crop_size, p.scale_range, fill=[255 * m for m in mean], seed=p.seed + info.rank)
-    train_set = SegmentationDataset(index.dataset("train"), labels_dir, len(class_names), augment, mean, std)
-    loader, sampler = make_train_loader(train_set, batch_size=p.batch_size, info=info, seed=p.seed, generator=generator,
-                                        num_workers=p.num_workers, device=device)
-    optimizer = build_optimizer(model, p)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    net = distributed.data_parallel(model, info, device)
-    average = weight_average(model, p.ema) if p.ema > 0 and info.is_main else None  # DDP keeps the ranks' weights equal
-    after_step = (lambda step: average.update(model, step=step)) if average is not None else None
     what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
-    log.info("training %s on %s on the %s of %d ids (%d steps per epoch)", p.arch, p.encoder, what, len(train_set), len(loader))
-    total_steps, step, loss = p.epochs * len(loader), 0, float("nan")
-    start = time.perf_counter()
-    for epoch in range(p.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False, disable=not info.is_main)
-        loss, step = train_one_epoch(net, loader, optimizer, schedule=p.schedule, step=step, total_steps=total_steps, device=device,
-                                     progress=bar, amp=amp, scaler=scaler, criterion=segmentation_loss, after_step=after_step)
+    model, train_seconds = _train(p, index, labels_dir, what, len(class_names), info, device, amp)
+
+    # self-training (the pseudo-label run only): each round trains a fresh network on the last one's labels
+    rounds: dict[str, dict] = {}  # round_<r>: the val mIoU of the network of round r and the mIoU of its labels
+    for r in range(0 if reference else p.self_training):
         if info.is_main:
-            log.info("epoch %d/%d: loss %.4f", epoch + 1, p.epochs, loss)
-    train_seconds = time.perf_counter() - start
+            rounds[f"round_{r}"] = {"miou": _score(model, p, index, len(class_names), device, amp)[0]}
+        train_ids = index.splits["train"]
+        mine = distributed.block(index.size_grouped_batches(train_ids, p.batch_size), info)
+        with _shared_temporary_dir(SELF_TRAINING_LABELS, info) as round_dir:
+            confusion = write_image_class_labels(
+                model, index.dataset("train"), [[train_ids[i] for i in b] for b in mine], round_dir,
+                num_classes=len(class_names), mean=mean, std=std, device=device, scales=p.scales, flip=p.flip, crf=p.crf,
+                amp=amp, progress=lambda total: tqdm(total=total, desc=f"labels, round {r + 1}", unit="img", disable=not info.is_main))
+            confusion = sum(distributed.all_gather_object(confusion, info))
+            if confusion.any() and info.is_main:
+                rounds[f"round_{r}"]["labels_miou"] = round(mean_iou(confusion), 4)  # on the training ids with masks
+                log.info("self-training round %d: the labels of round %d's network score mIoU %.4f on the training ids", r + 1, r,
+                         rounds[f"round_{r}"]["labels_miou"])
+            model, seconds = _train(p, index, round_dir, f"round {r} network's labels", len(class_names), info, device, amp)
+            train_seconds += seconds
     if not info.is_main:  # rank 0 scores and writes
         return
-    if average is not None:
-        model = average.module  # the averaged weights are the ones scored and saved
 
     val_ids = index.splits["seg_val"]
     start = time.perf_counter()
-    if not val_ids:
-        log.warning("data.seg_val_list is %r: no held-out ids, so the segmenter is saved but not scored", NO_LIST)
-        confusion = np.zeros((len(class_names), len(class_names)), np.int64)
-    else:
-        batches = [[val_ids[i] for i in b] for b in index.size_grouped_batches(val_ids, p.batch_size)]
-        confusion = score_segmenter(model, index.dataset("seg_val"), batches, num_classes=len(class_names), mean=mean, std=std,
-                                    device=device, scales=p.scales, flip=p.flip, crf=p.crf, amp=amp,
-                                    progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
+    miou, confusion = _score(model, p, index, len(class_names), device, amp)
     score_seconds = time.perf_counter() - start
-    miou = mean_iou(confusion) if val_ids else None
     metrics = {
-        "miou": None if miou is None else round(miou, 4),  # JSON null: nothing scored
+        "miou": miou,  # JSON null: nothing scored
         "pixel_accuracy": round(float(np.trace(confusion) / confusion.sum()), 4) if val_ids else None,
         "label_source": label_source,
         "labels": "gt" if label_source == "gt" else export,
@@ -154,6 +147,8 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
         "processes": info.world_size,
         "recipe": recipe_digest(p),
     }
+    if rounds:
+        metrics["self_training"] = rounds
     if not reference and miou is not None:
         metrics.update(_ratio(miou, p))
     if val_ids:
@@ -179,6 +174,75 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
     write_json(SEGMENT_REFERENCE_METRICS if reference else SEGMENT_METRICS, metrics)
     log.info("%s: val mIoU %s on %d held-out images (training %.0f s, scoring %.0f s) -> %s", "segment_reference" if reference else "segment",
              metrics["miou"], len(val_ids), train_seconds, score_seconds, out)
+
+
+def _train(p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, what: str, num_classes: int,
+           info: distributed.DistInfo, device: torch.device, amp: torch.dtype | None) -> tuple[torch.nn.Module, float]:
+    """A network trained from its initial weights on the training ids with the labels of
+    ``labels_dir`` (None: the true masks), or the average of its weights when ``segment.ema``
+    asks for one. Returns it and the seconds it took."""
+    generator = seed_everything(p.seed)  # the same initial weights on every rank
+    mean, std = encoder_normalization(p.encoder)
+    model = build_segmenter(p.arch, p.encoder, num_classes, weights=p.weights, decoder_channels=p.decoder_channels)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    augment = segment_augmentation(p.crop_size, p.scale_range, fill=[255 * m for m in mean], seed=p.seed + info.rank)
+    train_set = SegmentationDataset(index.dataset("train"), labels_dir, num_classes, augment, mean, std)
+    loader, sampler = make_train_loader(train_set, batch_size=p.batch_size, info=info, seed=p.seed, generator=generator,
+                                        num_workers=p.num_workers, device=device)
+    optimizer = build_optimizer(model, p)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    net = distributed.data_parallel(model, info, device)
+    # every rank keeps one (DDP keeps their weights equal): the self-training labels use it too
+    average = weight_average(model, p.ema) if p.ema > 0 else None
+    after_step = (lambda step: average.update(model, step=step)) if average is not None else None
+    log.info("training %s on %s on the %s of %d ids (%d steps per epoch)", p.arch, p.encoder, what, len(train_set), len(loader))
+    total_steps, step, loss = p.epochs * len(loader), 0, float("nan")
+    start = time.perf_counter()
+    for epoch in range(p.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        bar = lambda it: tqdm(it, desc=f"epoch {epoch + 1}/{p.epochs}", unit="batch", leave=False, disable=not info.is_main)
+        loss, step = train_one_epoch(net, loader, optimizer, schedule=p.schedule, step=step, total_steps=total_steps, device=device,
+                                     progress=bar, amp=amp, scaler=scaler, criterion=segmentation_loss, after_step=after_step)
+        if info.is_main:
+            log.info("epoch %d/%d: loss %.4f", epoch + 1, p.epochs, loss)
+    seconds = time.perf_counter() - start
+    # the averaged weights are the ones scored, labelled with and saved
+    return (average.module if average is not None else model), seconds
+
+
+def _score(model: torch.nn.Module, p: SegmentParams, index: DatasetIndex, num_classes: int, device: torch.device,
+           amp: torch.dtype | None) -> tuple[float | None, np.ndarray]:
+    """The val mIoU (None without held-out ids) and confusion matrix of ``model`` on data.seg_val_list."""
+    val_ids = index.splits["seg_val"]
+    if not val_ids:
+        log.warning("data.seg_val_list is %r: no held-out ids, so the segmenter is saved but not scored", NO_LIST)
+        return None, np.zeros((num_classes, num_classes), np.int64)
+    mean, std = encoder_normalization(p.encoder)
+    batches = [[val_ids[i] for i in b] for b in index.size_grouped_batches(val_ids, p.batch_size)]
+    confusion = score_segmenter(model, index.dataset("seg_val"), batches, num_classes=num_classes, mean=mean, std=std,
+                                device=device, scales=p.scales, flip=p.flip, crf=p.crf, amp=amp,
+                                progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
+    return round(mean_iou(confusion), 4), confusion
+
+
+@contextlib.contextmanager
+def _shared_temporary_dir(prefix: Path, info: distributed.DistInfo) -> Iterator[Path]:
+    """A new folder ``<prefix>-<random>`` that every rank sees: rank 0 makes it (after removing
+    any a killed run left) and removes it when all ranks are done, also on an error."""
+    path = None
+    try:
+        if info.is_main:
+            prefix.parent.mkdir(parents=True, exist_ok=True)
+            for stale in prefix.parent.glob(f"{prefix.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            path = tempfile.mkdtemp(prefix=f"{prefix.name}-", dir=prefix.parent)
+        path = Path(distributed.broadcast_object(path, info))
+        yield path
+        distributed.barrier(info)
+    finally:
+        if info.is_main and path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _ratio(miou: float, p: SegmentParams) -> dict:

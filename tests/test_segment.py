@@ -29,8 +29,10 @@ from pipeline.segment import (
     predict_probs,
     score_segmenter,
     segment_augmentation,
+    segment_images,
     segmentation_loss,
     weight_average,
+    write_image_class_labels,
 )
 from pipeline.train import build_optimizer, train_one_epoch
 
@@ -141,6 +143,52 @@ def test_predict_probs_flip_mirrors_the_copies_back():
     assert not torch.allclose(plain, plain.flip(-1))
     torch.testing.assert_close(flipped, flipped.flip(-1))  # the average of a ramp and its mirror image
     torch.testing.assert_close(flipped, (plain + plain.flip(-1)) / 2)
+
+
+def test_segment_images_keeps_to_each_images_classes():
+    """classes=: each pixel takes the most probable of background and the image's own classes
+    (a per-pixel loop over the allowed channels), never another class."""
+    model, k = ShapeRecorder(k=5), 5
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
+    classes = [(1,), (0, 3), ()]
+    free = segment_images(model, images, mean=MEAN, std=STD, device=CPU, flip=True)
+    kept = segment_images(model, images, mean=MEAN, std=STD, device=CPU, flip=True, classes=classes)
+    x = torch.stack([torch.from_numpy(im) for im in images]).permute(0, 3, 1, 2).float() / 255
+    probs = predict_probs(model, (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None], flip=True).numpy()
+    for n, image_classes in enumerate(classes):
+        allowed = [0] + [c + 1 for c in image_classes]
+        expected = np.empty((24, 40), np.uint8)
+        for y in range(24):
+            for x_ in range(40):
+                expected[y, x_] = allowed[int(np.argmax([probs[n, c, y, x_] for c in allowed]))]
+        np.testing.assert_array_equal(kept[n], expected)
+        assert set(np.unique(kept[n])) <= set(allowed)
+    assert not np.array_equal(np.stack(free), np.stack(kept))  # the restriction changed something
+    assert set(np.unique(kept[2])) == {0}  # no classes: background everywhere
+    with pytest.raises(ValueError, match="2 class lists for 3 images"):
+        segment_images(model, images, mean=MEAN, std=STD, device=CPU, classes=classes[:2])
+
+
+def test_write_image_class_labels_writes_every_id_and_scores_them_on_their_masks(colour_voc, tmp_path):
+    """The self-training labels: one PNG per id, within the image's classes, and the confusion
+    matrix of exactly those PNGs against the true masks."""
+    from pipeline.io import read_label_png
+    from pipeline.metrics import confusion_matrix
+
+    model, k = ShapeRecorder(k=1 + len(COLOUR_CLASSES)), 1 + len(COLOUR_CLASSES)
+    voc = VOCDataset(colour_voc, "train")
+    out = tmp_path / "round"
+    confusion = write_image_class_labels(model, voc, [voc.ids[:5], voc.ids[5:]], out, num_classes=k, mean=MEAN, std=STD,
+                                         device=CPU)
+    assert sorted(p.stem for p in out.iterdir()) == sorted(voc.ids)
+    expected = np.zeros((k, k), np.int64)
+    for image_id in voc.ids:
+        labels = read_label_png(out / f"{image_id}.png")
+        assert set(np.unique(labels)) <= {0, *(c + 1 for c in voc.labels(image_id))}
+        expected += confusion_matrix(labels, voc.load_mask(image_id), k)
+    np.testing.assert_array_equal(confusion, expected)
+    assert confusion.sum() == sum(voc.load_mask(i).size for i in voc.ids)
 
 
 # ---- the dataset's checks ---------------------------------------------------------------------

@@ -604,7 +604,9 @@ def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     from pipeline.config import SegmentParams
     import dataclasses
 
-    assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {"segment.label_source"}
+    # self-training is part of the weak pipeline: the reference trains once on the true masks
+    assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {"segment.label_source",
+                                                                                                    "segment.self_training"}
 
 
 def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):
@@ -636,6 +638,37 @@ def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
     assert metrics["processes"] == 2 and 0 <= metrics["miou"] <= 1
     model, ckpt = load_segmenter(tmp_path / "models/segmenter_gt.pt", torch.device("cpu"))
     assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
+def test_segment_self_training_round_in_two_processes(pipeline_run, tmp_path):
+    """segment.self_training: 1 under DDP: the first network labels the training ids (each rank a
+    block, into one temporary folder), a fresh one trains on them; the metrics hold the first
+    network's val mIoU and its labels' mIoU on the training ids, the ratio still counts the
+    reference of the same recipe (self_training is not part of it), and no folder is left."""
+    import dataclasses
+
+    from pipeline.config import SegmentParams
+    from stages.segment import recipe_digest
+
+    for sub in ("data/prepared", "outputs/pseudo_labels", "outputs/refined"):
+        shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)
+    segment = {**TINY["segment"], "epochs": 1, "processes": 2, "self_training": 1}
+    recipe = recipe_digest(SegmentParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in segment.items()}))
+    assert recipe == recipe_digest(dataclasses.replace(SegmentParams(**{k: tuple(v) if isinstance(v, list) else v
+                                                                       for k, v in segment.items()}), self_training=0))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/segment_reference.json").write_text(json.dumps({"miou": 0.5, "recipe": recipe}))
+    write_params(tmp_path, {**TINY, "segment": segment})
+    result = run_stage(tmp_path, "segment")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics/segment.json").read_text())
+    assert metrics["processes"] == 2 and 0 <= metrics["miou"] <= 1
+    assert list(metrics["self_training"]) == ["round_0"]
+    first = metrics["self_training"]["round_0"]
+    assert 0 <= first["miou"] <= 1 and 0 < first["labels_miou"] <= 1
+    assert metrics["full_supervision_ratio"] == pytest.approx(metrics["miou"] / 0.5, abs=1e-3)
+    assert "self-training round 1: the labels of round 0's network score" in result.stderr and "round 0 network's labels" in result.stderr
+    assert not list((tmp_path / "outputs").glob(".self_training*"))
 
 
 def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, tmp_path):

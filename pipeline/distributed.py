@@ -142,15 +142,16 @@ def local_share(processes: int, info: DistInfo) -> int:
 
 
 @contextlib.contextmanager
-def shared_atomic_dir(path: str | os.PathLike, info: DistInfo) -> Iterator[Path]:
+def shared_atomic_dir(path: str | os.PathLike, info: DistInfo, *, keep: bool = True) -> Iterator[Path]:
     """:func:`pipeline.io.atomic_dir` shared by all ranks: rank 0 makes the temporary folder,
-    every rank writes its shard into it, and rank 0 renames it into place once all are done."""
+    every rank writes its shard into it, and rank 0 renames it into place once all are done
+    (``keep=False``: removes it, a scratch folder every rank can read)."""
     if not info.distributed:
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, keep=keep) as tmp:
             yield tmp
         return
     if info.is_main:
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, keep=keep) as tmp:
             broadcast_object(str(tmp), info)
             yield tmp
             dist.barrier()  # every shard written before the rename

@@ -164,11 +164,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, keep: bool = True) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; it replaces ``path`` only on success.
 
     Temporary folders for ``path`` left by a killed run (SIGKILL skips every cleanup) are
-    removed first.
+    removed first. ``keep=False``: a scratch folder, removed however the block ends, and
+    ``path`` is never touched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +178,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     trash = path.parent / f".{path.name}.old"
     try:
         yield tmp
+        if not keep:
+            return
         os.chmod(tmp, 0o777 & ~_UMASK)
         # move the old output aside first: at every moment `path` is either the old
         # complete output or the new complete one, never a half-deleted mix

@@ -25,8 +25,8 @@ SEGMENTER = Path("models/segmenter.pt")  # the segment stage's network (trained 
 SEGMENT_METRICS = METRICS / "segment.json"
 SEGMENTER_REFERENCE = Path("models/segmenter_gt.pt")  # the segment_reference stage's: the same recipe on the true masks
 SEGMENT_REFERENCE_METRICS = METRICS / "segment_reference.json"
-# segment.self_training: each round's labels of the training ids live in a temporary folder
-# outputs/.self_training-<random> while the next network trains, and are removed after
-SELF_TRAINING_LABELS = Path("outputs/.self_training")
+# segment.self_training: each round's labels of the training ids live in a scratch folder beside
+# this path (outputs/.self_training.<random>.tmp) while the next network trains, removed after
+SELF_TRAINING_LABELS = Path("outputs/self_training")
 PLOTS = Path("plots")
 REPORTS = Path("reports")  # the evaluate stage's report: reports/index.html

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import albumentations as A
 import cv2
@@ -307,6 +307,24 @@ def segment_images(model: nn.Module, images: Sequence[np.ndarray], *, mean: Sequ
     return list(labels)
 
 
+def _labelled_batches(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequence[str]], *, restrict: bool,
+                      progress: Callable | None, **segment_kwargs) -> Iterator[tuple[Sequence[str], list[np.ndarray], list[np.ndarray]]]:
+    """``(ids, images, labels)`` for each batch of ``batches``, the labels from
+    :func:`segment_images` (``restrict``: kept to each image's image-level classes), with a
+    progress bar from ``progress(total=...)`` when given."""
+    bar = progress(total=sum(len(b) for b in batches)) if progress else None
+    try:
+        for batch in batches:
+            images = [voc.load_image(i) for i in batch]
+            classes = [voc.labels(i) for i in batch] if restrict else None
+            yield batch, images, segment_images(model, images, classes=classes, **segment_kwargs)
+            if bar is not None:
+                bar.update(len(batch))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def score_segmenter(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequence[str]], *, num_classes: int,
                     mean: Sequence[float], std: Sequence[float], device: torch.device, scales: Sequence[float] = (1.0,),
                     flip: bool = False, crf: bool = False, amp: torch.dtype | None = None,
@@ -316,22 +334,15 @@ def score_segmenter(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequenc
 
     An id without a mask is an error naming the file it looked for.
     """
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    bar = progress(total=sum(len(b) for b in batches)) if progress else None
-    for batch in batches:
-        images = [voc.load_image(i) for i in batch]
-        masks = [voc.load_mask(i, im.shape[:2]) for i, im in zip(batch, images)]
-        for image_id, mask in zip(batch, masks):
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for batch, images, labels in _labelled_batches(model, voc, batches, restrict=False, progress=progress, mean=mean, std=std,
+                                                   device=device, scales=scales, flip=flip, crf=crf, amp=amp):
+        for image_id, image, lab in zip(batch, images, labels):
+            mask = voc.load_mask(image_id, image.shape[:2])
             if mask is None:
                 raise DatasetError(f"{voc.mask_path(image_id)}: no ground-truth mask for held-out id {image_id!r}")
-        labels = segment_images(model, images, mean=mean, std=std, device=device, scales=scales, flip=flip, crf=crf, amp=amp)
-        # counted on the CPU: the labels come back there anyway (for the CRF and the PNGs)
-        confusion += torch.from_numpy(confusion_matrix(np.stack(labels), np.stack(masks), num_classes))
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    return confusion.numpy()
+            confusion += confusion_matrix(lab, mask, num_classes)
+    return confusion
 
 
 def write_image_class_labels(model: nn.Module, voc: VOCDataset, batches: Sequence[Sequence[str]], out_dir: str | Path, *,
@@ -347,20 +358,13 @@ def write_image_class_labels(model: nn.Module, voc: VOCDataset, batches: Sequenc
     """
     out_dir = Path(out_dir)
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    bar = progress(total=sum(len(b) for b in batches)) if progress else None
-    for batch in batches:
-        images = [voc.load_image(i) for i in batch]
-        labels = segment_images(model, images, mean=mean, std=std, device=device, scales=scales, flip=flip, crf=crf, amp=amp,
-                                classes=[voc.labels(i) for i in batch])
+    for batch, images, labels in _labelled_batches(model, voc, batches, restrict=True, progress=progress, mean=mean, std=std,
+                                                   device=device, scales=scales, flip=flip, crf=crf, amp=amp):
         for image_id, image, lab in zip(batch, images, labels):
             write_label_png(id_path(out_dir, image_id, ".png"), lab)
-            mask = voc.load_mask(image_id, image.shape[:2]) if voc.has_mask(image_id) else None
+            mask = voc.load_mask(image_id, image.shape[:2])
             if mask is not None:
                 confusion += confusion_matrix(lab, mask, num_classes)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
     return confusion
 
 

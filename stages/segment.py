@@ -9,15 +9,11 @@ holds the val mIoU, the IoU of each class and, from metrics/segment_reference.js
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -118,7 +114,7 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
             rounds[f"round_{r}"] = {"miou": _score(model, p, index, len(class_names), device, amp)[0]}
         train_ids = index.splits["train"]
         mine = distributed.block(index.size_grouped_batches(train_ids, p.batch_size), info)
-        with _shared_temporary_dir(SELF_TRAINING_LABELS, info) as round_dir:
+        with distributed.shared_atomic_dir(SELF_TRAINING_LABELS, info, keep=False) as round_dir:
             confusion = write_image_class_labels(
                 model, index.dataset("train"), [[train_ids[i] for i in b] for b in mine], round_dir,
                 num_classes=len(class_names), mean=mean, std=std, device=device, scales=p.scales, flip=p.flip, crf=p.crf,
@@ -224,25 +220,6 @@ def _score(model: torch.nn.Module, p: SegmentParams, index: DatasetIndex, num_cl
                                 device=device, scales=p.scales, flip=p.flip, crf=p.crf, amp=amp,
                                 progress=lambda total: tqdm(total=total, desc="score (seg_val)", unit="img"))
     return round(mean_iou(confusion), 4), confusion
-
-
-@contextlib.contextmanager
-def _shared_temporary_dir(prefix: Path, info: distributed.DistInfo) -> Iterator[Path]:
-    """A new folder ``<prefix>-<random>`` that every rank sees: rank 0 makes it (after removing
-    any a killed run left) and removes it when all ranks are done, also on an error."""
-    path = None
-    try:
-        if info.is_main:
-            prefix.parent.mkdir(parents=True, exist_ok=True)
-            for stale in prefix.parent.glob(f"{prefix.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            path = tempfile.mkdtemp(prefix=f"{prefix.name}-", dir=prefix.parent)
-        path = Path(distributed.broadcast_object(path, info))
-        yield path
-        distributed.barrier(info)
-    finally:
-        if info.is_main and path is not None:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _ratio(miou: float, p: SegmentParams) -> dict:

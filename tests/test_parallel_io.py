@@ -117,6 +117,27 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
     assert os.listdir(target) == ["a"]
 
 
+def test_atomic_dir_keep_false_is_a_scratch_folder_removed_however_the_block_ends(tmp_path):
+    """keep=False (self-training's labels): the folder is readable inside the block, then gone,
+    on success and on an error, and an existing output of the same name is never touched;
+    a killed run's scratch folder is swept by the next."""
+    target = tmp_path / "self_training"
+    target.mkdir()
+    (target / "keep.png").write_text("old")
+    stale = tmp_path / ".self_training.k1ll3d.tmp"
+    stale.mkdir()
+    with atomic_dir(target, keep=False) as tmp:
+        assert not stale.exists() and tmp.parent == tmp_path and tmp != target
+        (tmp / "a.png").write_text("1")
+        assert (tmp / "a.png").read_text() == "1"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target, keep=False) as tmp:
+            (tmp / "b.png").write_text("2")
+            raise RuntimeError("interrupted")
+    assert sorted(os.listdir(tmp_path)) == ["self_training"]
+    assert os.listdir(target) == ["keep.png"] and (target / "keep.png").read_text() == "old"
+
+
 def test_seeds_round_trip_without_pickle(tmp_path):
     maps = np.random.default_rng(0).random((2, 4, 5)).astype(np.float32)
     save_seeds(tmp_path / "s.npz", maps, np.array([3, 7]), (64, 80))

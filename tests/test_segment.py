@@ -191,6 +191,26 @@ def test_write_image_class_labels_writes_every_id_and_scores_them_on_their_masks
     assert confusion.sum() == sum(voc.load_mask(i).size for i in voc.ids)
 
 
+def test_score_segmenter_counts_every_pixel_of_its_labels_and_names_a_missing_mask(colour_voc):
+    """The confusion matrix equals one rebuilt pixel by pixel from segment_images' labels and the
+    masks (255 skipped); a held-out id without a mask stops it with the mask's path."""
+    model, k = ShapeRecorder(k=1 + len(COLOUR_CLASSES)), 1 + len(COLOUR_CLASSES)
+    voc = VOCDataset(colour_voc, "val")
+    confusion = score_segmenter(model, voc, [voc.ids[:4], voc.ids[4:]], num_classes=k, mean=MEAN, std=STD, device=CPU,
+                                scales=(1.0, 0.5), flip=True)
+    expected = np.zeros((k, k), np.int64)
+    for image_id in voc.ids:
+        image, mask = voc.load_image(image_id), voc.load_mask(image_id)
+        labels = segment_images(model, [image], mean=MEAN, std=STD, device=CPU, scales=(1.0, 0.5), flip=True)[0]
+        for pred, true in zip(labels.ravel(), mask.ravel()):
+            if true != 255:
+                expected[true, pred] += 1
+    np.testing.assert_array_equal(confusion, expected)
+    voc.mask_path(voc.ids[4]).unlink()
+    with pytest.raises(DatasetError, match=f"{voc.ids[4]}.png: no ground-truth mask for held-out id"):
+        score_segmenter(model, voc, [voc.ids[:4], voc.ids[4:]], num_classes=k, mean=MEAN, std=STD, device=CPU)
+
+
 # ---- the dataset's checks ---------------------------------------------------------------------
 
 def test_segmentation_dataset_names_the_file_of_a_bad_label_map(voc_root, tmp_path):

@@ -668,7 +668,7 @@ def test_segment_self_training_round_in_two_processes(pipeline_run, tmp_path):
     assert 0 <= first["miou"] <= 1 and 0 < first["labels_miou"] <= 1
     assert metrics["full_supervision_ratio"] == pytest.approx(metrics["miou"] / 0.5, abs=1e-3)
     assert "self-training round 1: the labels of round 0's network score" in result.stderr and "round 0 network's labels" in result.stderr
-    assert not list((tmp_path / "outputs").glob(".self_training*"))
+    assert not list((tmp_path / "outputs").glob("*self_training*"))
 
 
 def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, tmp_path):

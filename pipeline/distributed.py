@@ -28,7 +28,7 @@ import torch.distributed as dist
 from pipeline.io import atomic_dir
 from pipeline.parallel import default_processes
 
-__all__ = ["DistInfo", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
+__all__ = ["DistInfo", "check_global_batch", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
            "all_gather_object", "local_share", "data_parallel"]
 
 T = TypeVar("T")
@@ -106,6 +106,14 @@ def data_parallel(model: torch.nn.Module, info: DistInfo, device: torch.device) 
     if not info.distributed:
         return model
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def check_global_batch(batch_size: int, info: DistInfo, section: str) -> None:
+    """``<section>.batch_size`` is the global batch, split evenly over the ranks: an error
+    naming the param unless it divides by their number. Call it before any costly work."""
+    if batch_size % info.world_size:
+        raise ValueError(f"{section}.batch_size {batch_size} is the global batch: it must divide by the number of processes "
+                         f"({info.world_size})")
 
 
 def barrier(info: DistInfo) -> None:

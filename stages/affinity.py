@@ -48,8 +48,7 @@ def _affinity(aff_p, refine_p, crf_p, index, info: distributed.DistInfo, device:
         if info.is_main:
             _not_trained(f"refine.method is {refine_p.method!r}: the boundary network is used by 'rw' only")
         return
-    if aff_p.batch_size % info.world_size:
-        raise ValueError(f"affinity.batch_size {aff_p.batch_size} is the global batch: it must divide by the {info.world_size} ranks")
+    distributed.check_global_batch(aff_p.batch_size, info, "affinity")
     start = time.perf_counter()
     counts = _confident_labels(index, aff_p, crf_p, info) if aff_p.labels == "confident" else _crf_labels(index, info)
     label_stats = _label_stats(counts)

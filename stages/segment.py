@@ -97,8 +97,7 @@ def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distribut
              reference: bool) -> None:
     if "seg_val" not in index.splits:
         raise ValueError(f"{INDEX_FILE}: no seg_val split (written before data.seg_val_list existed); rerun the prepare stage")
-    if p.batch_size % info.world_size:
-        raise ValueError(f"segment.batch_size {p.batch_size} is the global batch: it must divide by segment.processes {info.world_size}")
+    distributed.check_global_batch(p.batch_size, info, "segment")
     label_source = "gt" if reference else p.label_source
     labels_dir = _labels_dir(label_source, export, index)
     amp = amp_dtype(p.amp, device)

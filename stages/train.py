@@ -39,8 +39,7 @@ def main() -> None:
 
 
 def _train(model_p, train_p, index, info: distributed.DistInfo, device: torch.device) -> None:
-    if train_p.batch_size % info.world_size:
-        raise ValueError(f"train.batch_size {train_p.batch_size} is the global batch: it must divide by train.processes {info.world_size}")
+    distributed.check_global_batch(train_p.batch_size, info, "train")
     generator = seed_everything(train_p.seed)  # the same initial weights on every rank
     amp = amp_dtype(train_p.amp, device)
     mean, std = backbone_normalization(model_p.backbone)

@@ -274,7 +274,7 @@ def test_train_batch_must_divide_by_processes(pipeline_run, tmp_path):
     _copy_run(pipeline_run, tmp_path, params)
     result = run_stage(tmp_path, "train")
     assert result.returncode != 0
-    assert "must divide by train.processes 2" in result.stderr
+    assert "train.batch_size 7 is the global batch: it must divide by the number of processes (2)" in result.stderr
 
 
 def _free_port() -> int:

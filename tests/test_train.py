@@ -132,3 +132,13 @@ def test_loader_workers_draw_different_augmentations():
     assert sum(torch.equal(first[i], first[i + 1]) for i in range(0, 8, 2)) < 4
     again = crops()
     assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("section", ["train", "segment", "affinity"])
+def test_global_batch_must_divide_by_the_ranks(section):
+    from pipeline.distributed import DistInfo, check_global_batch
+
+    check_global_batch(8, DistInfo(world_size=4), section)
+    check_global_batch(7, DistInfo(), section)  # one process takes any batch
+    with pytest.raises(ValueError, match=rf"^{section}\.batch_size 6 is the global batch: it must divide by the number of processes \(4\)$"):
+        check_global_batch(6, DistInfo(rank=1, world_size=4), section)

@@ -224,7 +224,9 @@ class RefineParams:
     par_dilations: tuple[int, ...] = field((1, 2, 4, 8, 12, 24), ge=1, nonempty=True)  # AFA
     par_iterations: int = field(10, ge=1)  # AFA
     par_downscale: int = field(1, ge=1)  # work at 1/par_downscale of the image size
-    crf: bool = True  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
+    crf: bool = False  # a dense CRF (the crf section's kernels, no pixel left ignored) on the rw / par labels
+    crf_changed: str = field("keep", choices=("keep", "ignore"))  # with crf: where the CRF changed the rw / par
+    # label, keep its label | ignore: 255 there (the segmenter learns only where both agree)
     device: str = "auto"
     processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
 

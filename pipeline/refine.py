@@ -219,15 +219,20 @@ class Refiner:
     """One image's ``rw`` or ``par`` refinement as the refine stage makes it, on ``device``:
     the walk over the boundary network's map (``boundary_net``: the affinity stage's
     checkpoint) or PAR at the image's background threshold (``bg_record``: boxes.json's
-    ``bg``), then, with ``refine.crf``, the dense CRF of ``crf_p`` with nothing left
-    ignored."""
+    ``bg``), then, with ``refine.crf``, the dense CRF of ``crf_p``: no pixel left ignored
+    for its confidence, and with ``refine.crf_changed: ignore`` those whose label it changed
+    set to 255."""
 
     def __init__(self, refine_p: RefineParams, crf_p: CrfParams, device: torch.device, *,
                  boundary_net: str | Path | None = None, bg_record: dict | None = None) -> None:
         if refine_p.method not in ("rw", "par"):
             raise ValueError(f"Refiner: refine.method {refine_p.method!r} refines nothing (rw or par)")
+        if refine_p.crf_changed == "ignore" and not refine_p.crf:
+            raise ValueError("refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false; "
+                             "set refine.crf: true or crf_changed: keep")
         self.p, self.device, self.bg_record = refine_p, device, bg_record
-        self.crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=False)
+        # ignore_disagreement: the CRF's label differs from its input, here the walk's / PAR's labels
+        self.crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=refine_p.crf_changed == "ignore")
         self.net = self.ckpt = None
         if refine_p.method == "rw":
             self.net, self.ckpt = load_boundary_net(boundary_net, device)

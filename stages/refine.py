@@ -4,7 +4,8 @@ VOC-shaped view (outputs/voc_view/) of the labels `refine.export` names.
 `refine.method`: `rw` walks the seeds over the boundary network's map (IRN), `par`
 refines the seed planes with AFA's pixel-adaptive refinement (no training), `none`
 copies the CRF pseudo-labels. `refine.crf` runs the dense CRF (the crf section's kernels,
-no pixel left ignored) on the `rw` or `par` labels. The boundary maps of `rw` are kept as
+no pixel ignored for its confidence) on the `rw` or `par` labels; `refine.crf_changed:
+ignore` sets 255 where it changed their label. The boundary maps of `rw` are kept as
 8-bit PNGs in outputs/refined/boundaries/ to look at.
 """
 

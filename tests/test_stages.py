@@ -520,6 +520,16 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
             np.testing.assert_array_equal(with_crf[image_id], expected)
             changed += int(not np.array_equal(expected, refined[image_id]))
         assert changed > 0, "the CRF changed no label at all"
+        # refine.crf_changed: ignore: 255 exactly where the CRF changed PAR's label, the CRF's label elsewhere
+        write_params(tmp_path, {**params, "refine": {**params["refine"], "crf": True, "crf_changed": "ignore"}})
+        result = run_stage(tmp_path, "refine")
+        assert result.returncode == 0, result.stderr[-3000:]
+        ignored = _pngs(tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass")
+        for image_id in refined:
+            np.testing.assert_array_equal(ignored[image_id], np.where(with_crf[image_id] == refined[image_id], refined[image_id], 255))
+        write_params(tmp_path, {**params, "refine": {**params["refine"], "crf_changed": "ignore"}})
+        result = run_stage(tmp_path, "refine")
+        assert result.returncode != 0 and "refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false" in result.stderr
     if method == "par":  # rw asked for with no trained network: one clear line
         write_params(tmp_path, TINY)
         result = run_stage(tmp_path, "refine")

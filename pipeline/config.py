@@ -230,6 +230,11 @@ class RefineParams:
     device: str = "auto"
     processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
 
+    def __post_init__(self) -> None:
+        if self.crf_changed == "ignore" and not self.crf:
+            raise ConfigError("refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false; "
+                              "set refine.crf: true or crf_changed: keep")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:

@@ -227,9 +227,6 @@ class Refiner:
                  boundary_net: str | Path | None = None, bg_record: dict | None = None) -> None:
         if refine_p.method not in ("rw", "par"):
             raise ValueError(f"Refiner: refine.method {refine_p.method!r} refines nothing (rw or par)")
-        if refine_p.crf_changed == "ignore" and not refine_p.crf:
-            raise ValueError("refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false; "
-                             "set refine.crf: true or crf_changed: keep")
         self.p, self.device, self.bg_record = refine_p, device, bg_record
         # ignore_disagreement: the CRF's label differs from its input, here the walk's / PAR's labels
         self.crf_p = dataclasses.replace(crf_p, ignore_confidence=0.0, ignore_disagreement=refine_p.crf_changed == "ignore")

@@ -88,6 +88,16 @@ def test_load_params_rejects_unknown_section_and_key(tmp_path):
     assert train.epochs == 2
 
 
+def test_refine_crf_changed_ignore_needs_the_crf(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("refine:\n  crf_changed: ignore\n")
+    with pytest.raises(ConfigError, match="refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false"):
+        load_params("refine", path=path)
+    path.write_text("refine:\n  crf: true\n  crf_changed: ignore\n")
+    (refine,) = load_params("refine", path=path)
+    assert refine.crf and refine.crf_changed == "ignore"
+
+
 @pytest.mark.parametrize("name", ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml", "params-coco.yaml"])
 def test_shipped_params_files_validate(name):
     from pathlib import Path

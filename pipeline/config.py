@@ -8,6 +8,7 @@ of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -28,6 +29,8 @@ __all__ = [
     "AffinityParams",
     "RefineParams",
     "from_dict",
+    "tracked_params",
+    "missing_tracked",
 ]
 
 
@@ -374,3 +377,57 @@ def _check_range(value: Any, check: dict | None, where: str) -> None:
             lo = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else "(-inf"
             hi = f"{le}]" if le is not None else f"{lt})" if lt is not None else "inf)"
             raise ConfigError(f"{where}: {v!r} is outside the valid range {lo}, {hi}" + (f" (at {at})" if at != where else ""))
+
+
+_INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")
+
+
+def tracked_params(dvc_yaml: Mapping[str, Any], params_file: str = "params.yaml") -> dict[str, list[str]]:
+    """The keys of ``params_file`` that DVC reads, each with the stages that read it.
+
+    DVC needs every one of them written in the file: a stage's ``params`` entry (``segment``
+    or ``segment.ema``) and every ``${key}`` interpolated anywhere in ``dvc.yaml``. A key
+    left out of the file falls back to its dataclass default for the stages, but DVC stops
+    with "Parameters ... are missing" when it reaches the stage that tracks it.
+    An entry naming the whole file (``params.yaml:``) requires no key.
+    """
+    keys: dict[str, list[str]] = {}
+    for name, stage in (dvc_yaml.get("stages") or {}).items():
+        for entry in stage.get("params") or ():
+            if isinstance(entry, str):
+                entry = {params_file: [entry]}
+            for file, names in entry.items():
+                if file == params_file:
+                    for key in names or ():  # None: the whole file
+                        keys.setdefault(key, []).append(name)
+
+    def interpolated(node: Any, stage: str) -> None:
+        if isinstance(node, str):
+            for key in _INTERPOLATION.findall(node):
+                keys.setdefault(key, []).append(stage)
+        elif isinstance(node, Mapping):
+            for value in node.values():
+                interpolated(value, stage)
+            for key in node:
+                interpolated(key, stage)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                interpolated(value, stage)
+
+    for name, stage in (dvc_yaml.get("stages") or {}).items():
+        interpolated(stage, name)
+    return keys
+
+
+def missing_tracked(raw: Mapping[str, Any], tracked: Mapping[str, list[str]]) -> list[str]:
+    """The dotted keys of ``tracked`` (from :func:`tracked_params`) that ``raw`` (a parsed params
+    file) does not spell out, each as ``key (read by stage, ...)``, sorted."""
+    missing = []
+    for key, stages in sorted(tracked.items()):
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                missing.append(f"{key} (tracked by {', '.join(dict.fromkeys(stages))})")
+                break
+            node = node[part]
+    return missing

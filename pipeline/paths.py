@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+DVC_FILE = Path("dvc.yaml")  # the pipeline: validate checks that params.yaml spells out every key it tracks
 INDEX_FILE = Path("data/prepared/dataset.json")
 FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped view of links prepare builds (not a DVC output)
 COCO_VIEW = Path("data/coco_view")  # data.source coco: image links, rendered masks and XML boxes (not a DVC output)

@@ -29,6 +29,7 @@ from pipeline.io import read_json
 
 from pipeline.paths import (  # noqa: F401  (re-exported: the stages import their paths from here)
     PARAMS_FILE,
+    DVC_FILE,
     INDEX_FILE,
     FOLDER_VIEW,
     COCO_VIEW,

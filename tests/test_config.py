@@ -141,3 +141,51 @@ def test_params_yaml_lists_every_key_with_the_dataclass_default():
 
     for name, cls in SECTIONS.items():
         check(cls, shipped[name], name)
+
+
+PRESETS = ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml", "params-coco.yaml"]
+
+
+def test_tracked_params_reads_entries_dotted_keys_and_interpolations():
+    from pipeline.config import missing_tracked, tracked_params
+
+    dvc = {"stages": {
+        "a": {"cmd": "run a", "deps": ["${data.root}"], "params": ["train", {"params.yaml": ["segment.ema"]}]},
+        "b": {"cmd": "run b", "params": [{"params.yaml": None}, {"other.yaml": ["x"]}, "segment.ema"]},
+    }}
+    tracked = tracked_params(dvc)
+    assert tracked == {"train": ["a"], "segment.ema": ["a", "b"], "data.root": ["a"]}
+    raw = {"train": {}, "segment": {"lr": 1.0}, "data": {"root": "x"}}
+    assert missing_tracked(raw, tracked) == ["segment.ema (tracked by a, b)"]
+    assert missing_tracked({"segment": {"ema": None}, "train": None, "data": {"root": ""}}, tracked) == []
+    assert missing_tracked({"segment": 3}, tracked) == [
+        "data.root (tracked by a)", "segment.ema (tracked by a, b)", "train (tracked by a)"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_writes_every_key_dvc_yaml_tracks(name):
+    """DVC has no defaults: a key dvc.yaml tracks that a preset leaves out stops `dvc repro`
+    at the stage that tracks it (segment_reference lost segment.ema, issue 32)."""
+    from pathlib import Path
+
+    from stages.validate import check_tracked
+
+    repo = Path(__file__).resolve().parents[1]
+    assert check_tracked(repo / name, repo / "dvc.yaml") > 30
+
+
+def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from stages.validate import check_tracked
+
+    repo = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((repo / "params-voc-sample.yaml").read_text())
+    del raw["segment"]["ema"], raw["data"]["root"]
+    path = tmp_path / "params-voc-sample.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"params-voc-sample.yaml: 2 key\(s\) that .*dvc.yaml tracks are missing.*"
+                       r"data.root \(tracked by prepare\); segment.ema \(tracked by segment_reference\)"):
+        check_tracked(path, repo / "dvc.yaml")

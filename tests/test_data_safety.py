@@ -327,6 +327,14 @@ def test_dvc_repro_refuses_an_unknown_section_without_an_activated_venv(tmp_path
     assert not (project / "data" / "prepared").exists()
 
     params.pop("trian")
+    del params["segment"]["ema"]  # a key only segment_reference tracks, at the end of the pipeline (issue 32)
+    write_params(project, params)
+    result = subprocess.run([dvc, "repro", "prepare"], cwd=project, capture_output=True, text=True, timeout=600, env=_bare_env())
+    assert result.returncode != 0
+    assert "segment.ema (tracked by segment_reference)" in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
+    assert not (project / "data" / "prepared").exists()
+
+    params["segment"]["ema"] = 0.0
     params["postprocess"] = {"bg": 2.5}
     write_params(project, params)
     result = subprocess.run([dvc, "repro", "prepare"], cwd=project, capture_output=True, text=True, timeout=600, env=_bare_env())

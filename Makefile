@@ -26,10 +26,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 data-voc: $(STAMP)
-	$(BIN)/python -m pipeline.download --dest data
+	$(BIN)/python -m pipeline.data.download --dest data
 
 data-coco: $(STAMP)
-	$(BIN)/python -m pipeline.download coco --dest data
+	$(BIN)/python -m pipeline.data.download coco --dest data
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cam_speed

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from pipeline.io import write_json
+from pipeline.core.io import write_json
 
 # torch is imported inside the functions that use it: a process pool's workers re-run the
 # parent's main module (multiprocessing does that for spawn and forkserver), and a torch

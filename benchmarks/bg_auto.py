@@ -3,13 +3,13 @@
 
 For the ``data.eval_list`` ids of the run in ``--run`` (a folder where ``dvc repro`` has run
 ``cams``), the seed masks are scored (one confusion matrix, void ignored) at every value of
-:data:`pipeline.postprocess.CALIBRATION_GRID`: the best of them is the GT-tuned value. Then
+:data:`pipeline.masks.postprocess.CALIBRATION_GRID`: the best of them is the GT-tuned value. Then
 ``--draws`` random calibration lists of each ``--sizes`` (numpy seed ``--seed``) choose the
-value with :func:`pipeline.postprocess.calibrate_bg`, scored on all the ids; and each image's
-Otsu threshold (:func:`pipeline.postprocess.otsu_threshold`), the rule with no list. The same
+value with :func:`pipeline.masks.postprocess.calibrate_bg`, scored on all the ids; and each image's
+Otsu threshold (:func:`pipeline.masks.postprocess.otsu_threshold`), the rule with no list. The same
 for ``box_fraction``, scored by the CAM paper's localization accuracy (the ``largest`` boxes,
-IoU 0.5 with a true box of the class: :class:`pipeline.metrics.CamLocalizationScore`) and
-with each class map's Otsu fraction (:func:`pipeline.postprocess.otsu_box_fractions`).
+IoU 0.5 with a true box of the class: :class:`pipeline.core.metrics.CamLocalizationScore`) and
+with each class map's Otsu fraction (:func:`pipeline.masks.postprocess.otsu_box_fractions`).
 Tables on stdout, JSON in ``benchmarks/results/bg_auto.json`` (``--name`` to change it).
 
     python -m benchmarks.bg_auto --run /path/to/a/run
@@ -26,10 +26,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks._common import print_table, write_results
-from pipeline.cams import load_seed_maps
-from pipeline.io import id_path
-from pipeline.metrics import cam_localization, confusion_matrix, mean_iou
-from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
+from pipeline.cam.methods import load_seed_maps
+from pipeline.core.io import id_path
+from pipeline.core.metrics import cam_localization, confusion_matrix, mean_iou
+from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
                                   otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
 
 

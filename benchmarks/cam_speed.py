@@ -5,7 +5,7 @@ and 4 classes per image. Timed, interleaved in one process, median of ``--runs``
 after a warm-up round:
 
 * ``forward``: one forward pass with autograd off - the floor;
-* ours: ``gradcam``, ``gradcampp``, ``cam`` from :func:`pipeline.cams.compute_cams`;
+* ours: ``gradcam``, ``gradcampp``, ``cam`` from :func:`pipeline.cam.methods.compute_cams`;
 * pytorch-grad-cam's ``GradCAM`` and ``GradCAMPlusPlus`` producing the same maps: one
   call per class slot (K calls), each a full forward and backward.
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from benchmarks._common import add_device_args, autocast, interleaved_medians, print_table, result_name, write_results
-from pipeline.cams import compute_cams
-from pipeline.models import build_classifier
+from pipeline.cam.methods import compute_cams
+from pipeline.classifier.models import build_classifier
 
 OURS = ("gradcam", "gradcampp", "cam")
 PEER_OF = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus"}

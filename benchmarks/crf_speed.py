@@ -4,7 +4,7 @@ all labels.
 Images are real VOC sizes from ``../shared/voc2012_sample`` when it is there (the seed
 mask is the official mask with void set to background), generated 500x375 scenes of
 the built-in dataset otherwise. Each configuration refines the same images through
-:func:`pipeline.parallel.parallel_map` exactly as the ``crf`` stage does (pool start-up
+:func:`pipeline.core.parallel.parallel_map` exactly as the ``crf`` stage does (pool start-up
 included: the forkserver is stopped before every timed run, so each pool starts it and
 its preloads as a ``crf`` stage run does), interleaved, median of ``--runs``.
 
@@ -23,12 +23,12 @@ import numpy as np
 from PIL import Image
 
 from benchmarks._common import interleaved_medians, print_table, write_results
-from pipeline.config import CrfParams
-from pipeline.crf import POOL_CHUNKSIZE, refine_files
+from pipeline.core.config import CrfParams
+from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
 from pipeline.data.synthetic import render_image
 from pipeline.data.voc import IGNORE_INDEX, VOC_CLASSES, find_voc_root
-from pipeline.io import write_label_png
-from pipeline.parallel import default_processes, parallel_map
+from pipeline.core.io import write_label_png
+from pipeline.core.parallel import default_processes, parallel_map
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc2012_sample"
 

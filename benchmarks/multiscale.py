@@ -3,7 +3,7 @@ the sum of the four forward floors, in both memory formats.
 
 The floor at a scale is one forward pass, autograd off, of the same batch the seed pass
 sends through the network at that scale (the images and their flipped copies). Ours is
-:func:`pipeline.cams.multiscale_cams` with ``gradcam``, output at 1/4 of the image size
+:func:`pipeline.cam.methods.multiscale_cams` with ``gradcam``, output at 1/4 of the image size
 as the ``cams`` stage stores it. Both run in contiguous (NCHW) and channels_last layouts.
 
     python -m benchmarks.multiscale           # resnet50 OS16, 448 px, batch 2, K = 2
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._common import add_device_args, autocast, interleaved_medians, print_table, result_name, write_results
-from pipeline.cams import multiscale_cams
-from pipeline.models import build_classifier
+from pipeline.cam.methods import multiscale_cams
+from pipeline.classifier.models import build_classifier
 
 IRN_SCALES = (1.0, 0.5, 1.5, 2.0)
 

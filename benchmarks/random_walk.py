@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from benchmarks._common import interleaved_medians, print_table, write_results
-from pipeline.random_walk import random_walk, transition_matrix
+from pipeline.refine.random_walk import random_walk, transition_matrix
 
 SIZES = {"voc 375x500": (94, 125), "128x128": (32, 32)}
 

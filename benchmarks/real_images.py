@@ -11,7 +11,7 @@ the same weights and the run's params:
    plain loop: images decoded once before timing, a random ``crop_size`` crop and flip in
    numpy, the same batch, forward, BCE, backward, step; no DataLoader. Seconds per image
    per step. Both train one model, built as the train stage builds it (``model`` section).
-2. ``cams``: the cams stage's path (:func:`pipeline.seeds.write_seeds`: decoding,
+2. ``cams``: the cams stage's path (:func:`pipeline.cam.seeds.write_seeds`: decoding,
    size-grouped batches of ``cam.batch_size``, ``multiscale_cams`` with ``cam.method``,
    float16 ``.npz`` storage) against a plain CAM loop: decode, then per scale and flip
    ``forward_features``, a 1x1 convolution with the head's weights for the image's
@@ -19,11 +19,11 @@ the same weights and the run's params:
    at a time, nothing stored. The run's classifier. (On a global-average-pooling +
    linear head Grad-CAM equals CAM up to a positive factor per map: the maps are compared,
    each divided by its maximum.)
-3. ``crf``: the crf stage's worker (:func:`pipeline.crf.refine_files`: decode the image
-   and the seed mask, the dense CRF) against :func:`pipeline.crf.refine_mask` on arrays
+3. ``crf``: the crf stage's worker (:func:`pipeline.masks.crf.refine_files`: decode the image
+   and the seed mask, the dense CRF) against :func:`pipeline.masks.crf.refine_mask` on arrays
    decoded before timing: one process, so seconds per image per core.
 4. ``refine``: the refine stage's loop body for ``rw`` and ``par`` (read the seeds and
-   the image, :class:`pipeline.refine.Refiner`: boundary map and walk, or PAR, then the
+   the image, :class:`pipeline.refine.refiner.Refiner`: boundary map and walk, or PAR, then the
    dense CRF when ``refine.crf``; write the PNGs) against the same ``Refiner`` on inputs
    read before timing, nothing written. ``rw`` needs the run's boundary network. One
    process.
@@ -97,7 +97,7 @@ def _row(times: dict, per: int, note: str = "", stage: str = "stage") -> dict:
 
 def _workers_alternative(requested: int) -> int | None:
     """The DataLoader worker count to time beside the run's: one per core when the run uses none."""
-    from pipeline.parallel import default_processes
+    from pipeline.core.parallel import default_processes
 
     cores = default_processes()
     return cores if requested == 0 and cores > 1 else None
@@ -109,10 +109,11 @@ def _train(index, ids, rounds, load_params) -> dict:
     import torch
     from torch import nn
 
-    from pipeline.distributed import DistInfo
-    from pipeline.models import backbone_normalization, build_classifier
-    from pipeline.train import (ClassificationDataset, build_optimizer, make_train_loader, seed_everything,
-                                train_augmentation, train_one_epoch)
+    from pipeline.core.distributed import DistInfo
+    from pipeline.classifier.models import backbone_normalization, build_classifier
+    from pipeline.classifier.train import ClassificationDataset, train_augmentation
+    from pipeline.core.device import seed_everything
+    from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 
     model_p, train_p = load_params("model", "train")
     generator = seed_everything(train_p.seed)
@@ -186,9 +187,9 @@ def _cams(index, ids, rounds, load_params) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.models import load_classifier
-    from pipeline.seeds import write_seeds
-    from pipeline.train import to_tensor
+    from pipeline.classifier.models import load_classifier
+    from pipeline.cam.seeds import write_seeds
+    from pipeline.core.device import to_tensor
     from stages.common import CLASSIFIER
 
     (cam_p,) = load_params("cam")
@@ -229,7 +230,7 @@ def _cams(index, ids, rounds, load_params) -> dict:
             plain_maps[image_id] = total / total.amax(dim=(1, 2), keepdim=True).clamp_min(1e-5)
 
     times = interleaved_medians({**variants, "plain": plain}, runs=rounds, warmup=1)
-    from pipeline.io import load_seeds
+    from pipeline.core.io import load_seeds
 
     diff = 0.0
     for image_id in ids:
@@ -249,8 +250,8 @@ def _cams(index, ids, rounds, load_params) -> dict:
 # -- 3. dense CRF ---------------------------------------------------------------------------
 
 def _crf(index, ids, rounds, load_params) -> dict:
-    from pipeline.crf import refine_files, refine_mask
-    from pipeline.io import id_path, read_label_png
+    from pipeline.masks.crf import refine_files, refine_mask
+    from pipeline.core.io import id_path, read_label_png
     from stages.common import MASKS
 
     (crf_p,) = load_params("crf")
@@ -271,8 +272,8 @@ def _refine(index, ids, rounds, load_params) -> dict:
     import torch
     from PIL import Image
 
-    from pipeline.io import id_path, load_seeds, read_json, write_label_png
-    from pipeline.refine import Refiner
+    from pipeline.core.io import id_path, load_seeds, read_json, write_label_png
+    from pipeline.refine.refiner import Refiner
     from stages.common import AFFINITY_MODEL, BOXES, SEEDS
 
     refine_p, crf_p = load_params("refine", "crf")

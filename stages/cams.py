@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import distributed
-from pipeline.cams import list_methods
+from pipeline.core import distributed
+from pipeline.cam.methods import list_methods
 from pipeline.data.index import DatasetIndex
-from pipeline.models import load_classifier
-from pipeline.seeds import write_seeds
-from pipeline.train import resolve_device
+from pipeline.classifier.models import load_classifier
+from pipeline.cam.seeds import write_seeds
+from pipeline.core.device import resolve_device
 from stages.common import CLASSIFIER, SEEDS, load_index, load_params, log, run
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import (
+from pipeline.core.config import (
     AffinityParams,
     CamParams,
     ConfigError,
@@ -25,9 +25,9 @@ from pipeline.config import (
     from_dict,
 )
 from pipeline.data.index import DatasetIndex
-from pipeline.io import read_json
+from pipeline.core.io import read_json
 
-from pipeline.paths import (  # noqa: F401  (re-exported: the stages import their paths from here)
+from pipeline.core.paths import (  # noqa: F401  (re-exported: the stages import their paths from here)
     PARAMS_FILE,
     DVC_FILE,
     INDEX_FILE,

@@ -1,16 +1,16 @@
 """Stage `crf`: refine masks with a dense CRF -> VOC-shaped pseudo-labels in outputs/pseudo_labels/
-(see pipeline.export; the refine stage links them or its own labels into outputs/voc_view/)."""
+(see pipeline.data.export; the refine stage links them or its own labels into outputs/voc_view/)."""
 
 from __future__ import annotations
 
 import torch
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.crf import POOL_CHUNKSIZE, refine_files
-from pipeline.export import VOC_SUBDIR, list_name, write_id_lists
-from pipeline.io import id_path, write_label_png
-from pipeline.parallel import parallel_map
+from pipeline.core import distributed
+from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
+from pipeline.data.export import VOC_SUBDIR, list_name, write_id_lists
+from pipeline.core.io import id_path, write_label_png
+from pipeline.core.parallel import parallel_map
 from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
 
 OUT = PSEUDO_LABELS

@@ -6,7 +6,7 @@ plots/per_class_iou.csv, plots/max_box_acc.csv (BoxAcc against the map threshold
 plots/pxap.csv (the seeds' pixel precision-recall curve), a few overlays in plots/overlays/ (image,
 seed heat map, seed mask, CRF labels, refined labels, ground truth), and reports/index.html: the
 worst images by pseudo-label mIoU with every stage's picture, per-class IoU, the confusion
-matrix and the curves (pipeline/report.py).
+matrix and the curves (pipeline/evaluate/report.py).
 """
 
 from __future__ import annotations
@@ -20,19 +20,19 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.cams import explain, load_seed_maps
-from pipeline.faithfulness import FaithfulnessScore, compare_explanations
-from pipeline.train import resolve_device
-from pipeline.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
-from pipeline.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
+from pipeline.core import distributed
+from pipeline.cam.methods import explain, load_seed_maps
+from pipeline.cam.faithfulness import FaithfulnessScore, compare_explanations
+from pipeline.core.device import resolve_device
+from pipeline.core.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
+from pipeline.core.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
                               iou_by_name, iou_per_class, mean_iou, merge_scores)
-from pipeline.postprocess import BOX_SETS, foreground, threshold_sweep
-from pipeline.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
-from pipeline.train import to_tensor
-from pipeline.viz import heatmap_overlay, label_overlay, side_by_side
-from pipeline.export import VOC_SUBDIR
-from pipeline.models import load_classifier
+from pipeline.masks.postprocess import BOX_SETS, foreground, threshold_sweep
+from pipeline.evaluate.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
+from pipeline.core.device import to_tensor
+from pipeline.evaluate.viz import heatmap_overlay, label_overlay, side_by_side
+from pipeline.data.export import VOC_SUBDIR
+from pipeline.classifier.models import load_classifier
 from stages.common import (CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS, load_index,
                            load_params, log, run)
 

@@ -2,7 +2,7 @@
 
 ``boxes.json`` also records the background threshold the masks were made with (``bg``) and
 the box threshold (``box_fraction``): each ``{"mode": fixed | calibration | otsu, ...}``
-(``postprocess.bg`` / ``box_fraction: auto``; see pipeline/postprocess.py)."""
+(``postprocess.bg`` / ``box_fraction: auto``; see pipeline/masks/postprocess.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.cams import load_seed_maps
-from pipeline.config import AUTO
+from pipeline.core import distributed
+from pipeline.cam.methods import load_seed_maps
+from pipeline.core.config import AUTO
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import id_path, write_json, write_label_png
-from pipeline.metrics import CamLocalizationScore
-from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
+from pipeline.core.io import id_path, write_json, write_label_png
+from pipeline.core.metrics import CamLocalizationScore
+from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
                                   otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
 from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 

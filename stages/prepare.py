@@ -11,9 +11,9 @@ from pipeline.data.coco import build_coco_view
 from pipeline.data.folder import build_view
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
-from pipeline.config import BUILTIN_ROOT, NO_LIST, ConfigError
+from pipeline.core.config import BUILTIN_ROOT, NO_LIST, ConfigError
 from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
-from pipeline.io import atomic_dir, write_json
+from pipeline.core.io import atomic_dir, write_json
 from stages.common import COCO_VIEW, FOLDER_VIEW, INDEX_FILE, load_params, log, run
 
 OUT = INDEX_FILE.parent

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline import distributed
-from pipeline.config import NO_LIST, SegmentParams
+from pipeline.core import distributed
+from pipeline.core.config import NO_LIST, SegmentParams
 from pipeline.data.index import DatasetIndex
-from pipeline.export import VOC_SUBDIR
-from pipeline.io import atomic_path, id_path, read_json, write_json
-from pipeline.metrics import iou_by_name, iou_per_class, mean_iou
-from pipeline.segment import (
+from pipeline.data.export import VOC_SUBDIR
+from pipeline.core.io import atomic_path, id_path, read_json, write_json
+from pipeline.core.metrics import iou_by_name, iou_per_class, mean_iou
+from pipeline.segment.segmenter import (
     SegmentationDataset,
     build_segmenter,
     encoder_normalization,
@@ -35,7 +35,8 @@ from pipeline.segment import (
     weight_average,
     write_image_class_labels,
 )
-from pipeline.train import amp_dtype, build_optimizer, make_train_loader, resolve_device, seed_everything, train_one_epoch
+from pipeline.core.device import amp_dtype, resolve_device, seed_everything
+from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 from stages.common import (
     INDEX_FILE,
     PSEUDO_LABELS,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import ConfigError, missing_tracked, tracked_params
-from pipeline.io import write_json
+from pipeline.core.config import ConfigError, missing_tracked, tracked_params
+from pipeline.core.io import write_json
 from stages.common import DVC_FILE, PARAMS_FILE, SECTIONS, load_params, log, run
 
 OUT = Path("data/params_checked.json")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.io import write_label_png
+from pipeline.core.io import write_label_png
 
 
 def write_xml(path: Path, objects: list[tuple[str, tuple[int, int, int, int], int]]) -> None:

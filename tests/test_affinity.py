@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.affinity import (
+from pipeline.refine.affinity import (
     BoundaryNet,
     affinity_from_boundary,
     affinity_loss,

@@ -7,8 +7,8 @@ import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, GuidedBackpropReLUModel, LayerCAM, ScoreCAM, XGradCAM  # grad-cam (requirements.txt)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from pipeline.cams import compute_cams, explain, guided_gradients, list_layers, list_methods, multiscale_cams, normalize_maps
-from pipeline.models import build_classifier
+from pipeline.cam.methods import compute_cams, explain, guided_gradients, list_layers, list_methods, multiscale_cams, normalize_maps
+from pipeline.classifier.models import build_classifier
 
 PEERS = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "xgradcam": XGradCAM, "layercam": LayerCAM, "scorecam": ScoreCAM}
 
@@ -77,7 +77,7 @@ def test_vgg_gradcam_differs_from_cam_definition():
     it is W / (h w) everywhere), so Grad-CAM must use the whole gradient map. Checked
     against Grad-CAM written out as in the paper's code: a full backward through the
     whole network from the class score, the feature map's gradient kept by
-    ``retain_grad``, weights its spatial mean, map sum_c w_c A_c (no pipeline.cams code)."""
+    ``retain_grad``, weights its spatial mean, map sum_c w_c A_c (no pipeline.cam.methods code)."""
     model = _model("vgg16")
     with pytest.raises(ValueError, match=r"needs global average pooling \+ one nn.Linear head"):
         compute_cams(model, torch.randn(1, 3, 64, 64), [[0]], "cam")
@@ -198,7 +198,7 @@ def test_smoothgrad_is_the_mean_input_gradient_over_noisy_copies():
 
 
 def test_smoothgrad_defaults_to_the_papers_samples_and_is_listed():
-    from pipeline.cams import SMOOTHGRAD_DEFAULT_SAMPLES
+    from pipeline.cam.methods import SMOOTHGRAD_DEFAULT_SAMPLES
 
     model = _model("resnet18")
     images = torch.randn(1, 3, 32, 32)
@@ -212,7 +212,7 @@ def test_smoothgrad_defaults_to_the_papers_samples_and_is_listed():
 
 def test_saliency_in_chunks_equals_one_pass(monkeypatch):
     """Saliency back-propagates a bounded number of pixels at a time; chunking changes nothing."""
-    import pipeline.cams as cams
+    import pipeline.cam.methods as cams
 
     model = _model("resnet18")
     images = torch.randn(5, 3, 32, 32)

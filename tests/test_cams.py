@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.cams import compute_cams, list_methods, multiscale_cams, normalize_maps, upsample_maps
-from pipeline.models import CamClassifier
+from pipeline.cam.methods import compute_cams, list_methods, multiscale_cams, normalize_maps, upsample_maps
+from pipeline.classifier.models import CamClassifier
 
 
 class _NoBackward(torch.autograd.Function):
@@ -148,8 +148,8 @@ def test_upsample_places_cell_centres():
 
 def test_bf16_autocast_maps_close_to_float32():
     """cam.amp on: the same core under autocast gives float32 maps close to full precision."""
-    from pipeline.cams import compute_cams as cc
-    from pipeline.models import build_classifier
+    from pipeline.cam.methods import compute_cams as cc
+    from pipeline.classifier.models import build_classifier
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 4, weights="none", output_stride=16).eval()
@@ -197,8 +197,8 @@ def test_gradcampp_under_float16_autocast_matches_float32():
 def test_one_autograd_call_equals_per_class_backward():
     """The batched (is_grads_batched) gradients equal K separate backward passes, for a
     GAP + linear head and through VGG's fully connected head."""
-    from pipeline.cams import _class_gradients
-    from pipeline.models import build_classifier
+    from pipeline.cam.methods import _class_gradients
+    from pipeline.classifier.models import build_classifier
 
     torch.manual_seed(0)
     for backbone in ("resnet18", "vgg16"):
@@ -216,8 +216,8 @@ def test_one_autograd_call_equals_per_class_backward():
 
 def test_cam_on_a_timm_model_is_gradcam_times_area():
     """timm models with avg pooling + linear classifier (EfficientNet-Lite0) support `cam`."""
-    from pipeline.cams import compute_cams as cc
-    from pipeline.models import build_classifier
+    from pipeline.cam.methods import compute_cams as cc
+    from pipeline.classifier.models import build_classifier
 
     torch.manual_seed(0)
     model = build_classifier("timm:efficientnet_lite0", 5, weights="none", output_stride=32).eval()
@@ -232,7 +232,7 @@ def test_multiscale_gradcam_equals_irn_multiscale_cam_on_linear_head():
     """Per-position maps are summed as densities (x h w per scale), so on GAP + linear
     multi-scale Grad-CAM (and XGrad-CAM, its equal there) is IRN's summed CAM; without the
     factor the scales would weigh 1/s^2. The reference is IRN's make_cam written out in
-    float64 from the backbone's features and the head's weight, none of pipeline.cams:
+    float64 from the backbone's features and the head's weight, none of pipeline.cam.methods:
     CAM = relu(conv2d(A, W)) with no bias (IRN's ``resnet50_cam.CAM.forward``), the flipped
     copy's map flipped back and added, each scale resized bilinearly (align_corners=False)
     to the output size and summed, then divided by the per-class maximum (IRN adds 1e-5 to
@@ -262,7 +262,7 @@ def test_multiscale_gradcam_equals_irn_multiscale_cam_on_linear_head():
 def test_multiscale_gradcam_on_a_linear_head_runs_no_backward(monkeypatch):
     """On GAP + linear, multiscale Grad-CAM is CAM exactly (the test above), so it is made
     without autograd; a non-linear head still takes the gradient path."""
-    import pipeline.cams as cams
+    import pipeline.cam.methods as cams
 
     def no_grad_allowed(*args, **kwargs):
         raise AssertionError("autograd.grad called")

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 
 from pipeline.data.coco import build_coco_view, render_mask
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import read_label_png
+from pipeline.core.io import read_label_png
 from test_stages import run_stage
 
 

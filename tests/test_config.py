@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import (
+from pipeline.core.config import (
     BuiltinParams,
     CamParams,
     ConfigError,
@@ -104,9 +104,10 @@ def test_shipped_params_files_validate(name):
 
     import torch
 
-    from pipeline.cams import list_methods
-    from pipeline.models import _get_spec
-    from pipeline.train import amp_dtype, train_augmentation
+    from pipeline.cam.methods import list_methods
+    from pipeline.classifier.models import _get_spec
+    from pipeline.classifier.train import train_augmentation
+    from pipeline.core.device import amp_dtype
     from stages.common import SECTIONS
 
     path = Path(__file__).resolve().parents[1] / name
@@ -147,7 +148,7 @@ PRESETS = ["params.yaml", "params-voc-sample.yaml", "params-voc.yaml", "params-c
 
 
 def test_tracked_params_reads_entries_dotted_keys_and_interpolations():
-    from pipeline.config import missing_tracked, tracked_params
+    from pipeline.core.config import missing_tracked, tracked_params
 
     dvc = {"stages": {
         "a": {"cmd": "run a", "deps": ["${data.root}"], "params": ["train", {"params.yaml": ["segment.ema"]}]},

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.config import CrfParams
-from pipeline.crf import dense_crf, refine_mask
+from pipeline.core.config import CrfParams
+from pipeline.masks.crf import dense_crf, refine_mask
 
 
 def _scene():

@@ -22,7 +22,7 @@ from PIL import Image
 
 from pipeline.data.index import DatasetIndex, file_digest, index_split
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import InvalidIdError, atomic_dir, atomic_path, id_path, read_id_file, validate_id, write_label_png
+from pipeline.core.io import InvalidIdError, atomic_dir, atomic_path, id_path, read_id_file, validate_id, write_label_png
 
 from conftest import write_jpeg, write_xml
 
@@ -204,7 +204,7 @@ class _Foreign:
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "not_a_dict"])
 def test_damaged_checkpoint_is_one_clear_line(tmp_path, damage):
-    from pipeline.models import load_classifier
+    from pipeline.classifier.models import load_classifier
 
     path = tmp_path / "classifier.pt"
     if damage == "garbage":

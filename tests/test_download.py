@@ -12,9 +12,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from pipeline import download as dl
+from pipeline.data import download as dl
 from pipeline.data.voc import VOCDataset
-from pipeline.io import read_label_png, write_label_png
+from pipeline.core.io import read_label_png, write_label_png
 
 
 class _Server:

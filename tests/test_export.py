@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import VOCSegmentation
 
-from pipeline.io import read_label_png, write_label_png, write_text_lines
+from pipeline.core.io import read_label_png, write_label_png, write_text_lines
 
 
 def test_torchvision_reads_pseudo_labels(tmp_path):
@@ -31,7 +31,7 @@ def test_torchvision_reads_pseudo_labels(tmp_path):
 
 def _exported(tmp_path, ids, list_name="train_aug"):
     """Images in a dataset folder, pseudo-labels + lists in an export folder, as the crf stage leaves them."""
-    from pipeline.export import write_id_lists
+    from pipeline.data.export import write_id_lists
 
     rng = np.random.default_rng(1)
     images = tmp_path / "dataset" / "JPEGImages"
@@ -47,7 +47,7 @@ def _exported(tmp_path, ids, list_name="train_aug"):
 
 
 def test_voc_view_is_read_by_torchvision_and_pair_list_trainers(tmp_path):
-    from pipeline.export import make_voc_view
+    from pipeline.data.export import make_voc_view
 
     ids = ["2008_000001", "2008_000002", "2009_000003"]
     images, labels_dir, labels = _exported(tmp_path, ids)
@@ -75,7 +75,7 @@ def test_voc_view_is_read_by_torchvision_and_pair_list_trainers(tmp_path):
 
 
 def test_voc_view_rebuild_replaces_the_old_one_and_errors_name_the_folder(tmp_path):
-    from pipeline.export import main, make_voc_view
+    from pipeline.data.export import main, make_voc_view
 
     images, labels_dir, _ = _exported(tmp_path, ["a", "b"], "train")
     out = tmp_path / "view"
@@ -89,7 +89,7 @@ def test_voc_view_rebuild_replaces_the_old_one_and_errors_name_the_folder(tmp_pa
 
 
 def test_list_name():
-    from pipeline.export import list_name
+    from pipeline.data.export import list_name
 
     assert list_name("train_aug") == "train_aug"
     assert list_name("lists/my_ids.txt") == "my_ids"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cams import explain
-from pipeline.faithfulness import FaithfulnessScore, compare_explanations, explanation_confidence
-from pipeline.models import build_classifier
+from pipeline.cam.methods import explain
+from pipeline.cam.faithfulness import FaithfulnessScore, compare_explanations, explanation_confidence
+from pipeline.classifier.models import build_classifier
 
 
 def test_scores_hand_case():

@@ -10,7 +10,7 @@ import yaml
 from conftest import write_jpeg
 from pipeline.data.folder import build_view, read_labels_file
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import read_label_png, write_label_png
+from pipeline.core.io import read_label_png, write_label_png
 from test_stages import run_stage
 
 

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cams import multiscale_cams
-from pipeline.config import TrainParams
-from pipeline.models import build_classifier
-from pipeline.train import amp_dtype, build_optimizer, evaluate_map, resolve_device, train_one_epoch
+from pipeline.cam.methods import multiscale_cams
+from pipeline.core.config import TrainParams
+from pipeline.classifier.models import build_classifier
+from pipeline.classifier.train import evaluate_map
+from pipeline.core.device import amp_dtype, resolve_device
+from pipeline.core.training import build_optimizer, train_one_epoch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine; run on a GPU machine)")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (
+from pipeline.core.metrics import (
     merge_scores,
     BoxScore,
     CamLocalizationScore,
@@ -281,7 +281,7 @@ def test_pxap_against_a_slow_reference():
 
 def _score_updates(seed: int):
     """A few images' worth of random inputs, and a fresh accumulator of each kind fed by a callable."""
-    from pipeline.faithfulness import FaithfulnessScore
+    from pipeline.cam.faithfulness import FaithfulnessScore
 
     rng = np.random.default_rng(seed)
     images = []

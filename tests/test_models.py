@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.models import build_classifier, list_backbones
+from pipeline.classifier.models import build_classifier, list_backbones
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])

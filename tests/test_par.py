@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.par import dilated_neighbors, neighbor_offsets, par_affinity, par_labels, par_refine
+from pipeline.refine.par import dilated_neighbors, neighbor_offsets, par_affinity, par_labels, par_refine
 
 
 def test_dilated_neighbors_match_slow_reference():

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.io import atomic_dir, atomic_path, load_seeds, save_seeds
-from pipeline.parallel import _forkserver_preload, parallel_map
+from pipeline.core.io import atomic_dir, atomic_path, load_seeds, save_seeds
+from pipeline.core.parallel import _forkserver_preload, parallel_map
 
 
 def square(x):
@@ -48,7 +48,7 @@ def test_workers_do_not_reimport_what_the_main_module_imports(tmp_path, how):
 
         import heavy_dep
         from job_mod import pid
-        from pipeline.parallel import _forkserver_preload, parallel_map
+        from pipeline.core.parallel import _forkserver_preload, parallel_map
 
         if __name__ == "__main__":
             workers = sorted(set(parallel_map(pid, range(16), processes=2, chunksize=1)))

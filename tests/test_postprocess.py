@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import confusion_matrix
+from pipeline.core.metrics import confusion_matrix
 
-from pipeline.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
+from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
                                   otsu_box_fractions, otsu_threshold, seeds_to_boxes, seeds_to_mask, threshold_sweep)
 
 
@@ -67,7 +67,7 @@ def test_empty_map_gives_no_box():
 def test_no_class_is_all_background_and_no_box():
     import torch as _torch
 
-    from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
+    from pipeline.masks.postprocess import seeds_to_boxes, seeds_to_mask
 
     mask = seeds_to_mask(_torch.zeros(0, 5, 7), _torch.zeros(0, dtype=_torch.long), 0.3)
     assert mask.shape == (5, 7) and mask.dtype == _torch.uint8 and int(mask.max()) == 0
@@ -111,7 +111,7 @@ def test_otsu_threshold_splits_two_levels_and_falls_back_on_one():
 
 
 def test_calibrate_bg_picks_the_grid_value_of_best_miou():
-    from pipeline.metrics import confusion_matrix
+    from pipeline.core.metrics import confusion_matrix
 
     score = torch.linspace(0, 1, 1000).reshape(10, 100)
     label = torch.ones_like(score, dtype=torch.long)

@@ -3,7 +3,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pipeline.random_walk import (
+from pipeline.refine.random_walk import (
     WALK_METHODS,
     background_plane,
     neighbor_weights,

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.metrics import mean_iou as per_image_miou  # an image's mIoU: the dataset rule on its own confusion matrix
-from pipeline.report import bars_html, confusion_html, draw_boxes, line_chart_svg, worst_ids, write_report
+from pipeline.core.metrics import mean_iou as per_image_miou  # an image's mIoU: the dataset rule on its own confusion matrix
+from pipeline.evaluate.report import bars_html, confusion_html, draw_boxes, line_chart_svg, worst_ids, write_report
 
 
 class _Links(HTMLParser):

@@ -1,5 +1,5 @@
-"""pipeline.segment (loss, test-time prediction, dataset checks, training, checkpoints) and
-pipeline.predict (labelling a folder), on tiny data generated here, on the CPU."""
+"""pipeline.segment.segmenter (loss, test-time prediction, dataset checks, training, checkpoints) and
+pipeline.segment.predict (labelling a folder), on tiny data generated here, on the CPU."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline import predict
-from pipeline.config import SegmentParams
+from pipeline.segment import predict
+from pipeline.core.config import SegmentParams
 from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, write_sample, write_voc_meta
-from pipeline.io import write_label_png
-from pipeline.metrics import iou_per_class, mean_iou
-from pipeline.segment import (
+from pipeline.core.io import write_label_png
+from pipeline.core.metrics import iou_per_class, mean_iou
+from pipeline.segment.segmenter import (
     CHECKPOINT_KEYS,
     EMA_WARMUP_POWER,
     SegmentationDataset,
@@ -34,7 +34,7 @@ from pipeline.segment import (
     weight_average,
     write_image_class_labels,
 )
-from pipeline.train import build_optimizer, train_one_epoch
+from pipeline.core.training import build_optimizer, train_one_epoch
 
 CPU = torch.device("cpu")
 ARCH, ENCODER, WIDTH = "FPN", "tu-resnet10t", 64  # the smallest fast smp/timm pair (~0.1 s a step at 64x64 on one core)
@@ -173,8 +173,8 @@ def test_segment_images_keeps_to_each_images_classes():
 def test_write_image_class_labels_writes_every_id_and_scores_them_on_their_masks(colour_voc, tmp_path):
     """The self-training labels: one PNG per id, within the image's classes, and the confusion
     matrix of exactly those PNGs against the true masks."""
-    from pipeline.io import read_label_png
-    from pipeline.metrics import confusion_matrix
+    from pipeline.core.io import read_label_png
+    from pipeline.core.metrics import confusion_matrix
 
     model, k = ShapeRecorder(k=1 + len(COLOUR_CLASSES)), 1 + len(COLOUR_CLASSES)
     voc = VOCDataset(colour_voc, "train")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.io import read_label_png, write_label_png
+from pipeline.core.io import read_label_png, write_label_png
 
 from conftest import write_jpeg
 from test_report import parse_report
@@ -503,8 +503,8 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
     if method == "par":  # refine.crf: the dense CRF (nothing ignored) on exactly these labels
         import dataclasses
 
-        from pipeline.config import CrfParams
-        from pipeline.crf import refine_mask
+        from pipeline.core.config import CrfParams
+        from pipeline.masks.crf import refine_mask
         from pipeline.data.voc import VOCDataset
 
         write_params(tmp_path, {**params, "refine": {**params["refine"], "crf": True}})
@@ -567,8 +567,8 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     full-supervision ratio against the reference of the same recipe (and none against another)."""
     import torch
 
-    from pipeline.metrics import confusion_matrix, mean_iou
-    from pipeline.segment import load_segmenter
+    from pipeline.core.metrics import confusion_matrix, mean_iou
+    from pipeline.segment.segmenter import load_segmenter
 
     for sub in ("data/prepared", "outputs/pseudo_labels", "outputs/refined"):
         shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)
@@ -611,7 +611,7 @@ def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     assert not {"outputs/pseudo_labels", "outputs/refined"} & set(ref["deps"])
     assert {"outputs/pseudo_labels", "outputs/refined", "metrics/segment_reference.json"} <= set(seg["deps"])
     assert "segment" not in ref["params"] and "segment.label_source" not in ref["params"]
-    from pipeline.config import SegmentParams
+    from pipeline.core.config import SegmentParams
     import dataclasses
 
     # self-training is part of the weak pipeline: the reference trains once on the true masks
@@ -638,7 +638,7 @@ def test_segment_reference_in_two_processes(pipeline_run, tmp_path):
     checkpoint is saved unwrapped and loads as the one-process one does."""
     import torch
 
-    from pipeline.segment import load_segmenter
+    from pipeline.segment.segmenter import load_segmenter
 
     shutil.copytree(pipeline_run / "data/prepared", tmp_path / "data/prepared", symlinks=True)
     write_params(tmp_path, {**TINY, "segment": {**TINY["segment"], "epochs": 2, "processes": 2}})
@@ -657,7 +657,7 @@ def test_segment_self_training_round_in_two_processes(pipeline_run, tmp_path):
     reference of the same recipe (self_training is not part of it), and no folder is left."""
     import dataclasses
 
-    from pipeline.config import SegmentParams
+    from pipeline.core.config import SegmentParams
     from stages.segment import recipe_digest
 
     for sub in ("data/prepared", "outputs/pseudo_labels", "outputs/refined"):
@@ -684,8 +684,8 @@ def test_segment_self_training_round_in_two_processes(pipeline_run, tmp_path):
 def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, tmp_path):
     """bg auto: each image's Otsu threshold with no calibration list; with one, the grid value of best mIoU over
     its ids (recomputed here from the seeds and masks with a confusion matrix of our own)."""
-    from pipeline.cams import load_seed_maps
-    from pipeline.postprocess import CALIBRATION_GRID, otsu_box_fractions, otsu_threshold, seeds_to_boxes
+    from pipeline.cam.methods import load_seed_maps
+    from pipeline.masks.postprocess import CALIBRATION_GRID, otsu_box_fractions, otsu_threshold, seeds_to_boxes
 
     for sub in ("data/prepared", "outputs/seeds"):
         shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)

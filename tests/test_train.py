@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TrainParams
-from pipeline.models import build_classifier
-from pipeline.train import build_optimizer, lr_factor, resolve_device, to_tensor
+from pipeline.core.config import TrainParams
+from pipeline.classifier.models import build_classifier
+from pipeline.core.device import resolve_device, to_tensor
+from pipeline.core.training import build_optimizer, lr_factor
 
 
 def test_lr_schedules():
@@ -55,7 +56,7 @@ def test_device_names(monkeypatch, cuda):
 
 
 def test_amp_dtype_choices():
-    from pipeline.train import amp_dtype
+    from pipeline.core.device import amp_dtype
 
     cpu = torch.device("cpu")
     assert amp_dtype("auto", cpu) is None  # CPU autocast is slower than float32 on most CPUs
@@ -69,7 +70,7 @@ def test_one_epoch_under_bf16_autocast_learns():
     """The AMP path runs on the CPU too: bf16 autocast, float32 loss, weights updated."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from pipeline.train import train_one_epoch
+    from pipeline.core.training import train_one_epoch
 
     torch.manual_seed(0)
     model = build_classifier("resnet18", 3, weights="none", output_stride=32)
@@ -86,7 +87,7 @@ def test_one_epoch_under_bf16_autocast_learns():
 
 @pytest.mark.parametrize("shape", [(200, 150), (900, 700)])
 def test_irn_augmentation_gives_crops_of_the_size(shape):
-    from pipeline.train import train_augmentation
+    from pipeline.classifier.train import train_augmentation
 
     aug = train_augmentation(256, seed=0, kind="irn", fill=(124, 116, 104))
     image = np.full((*shape, 3), 7, np.uint8)
@@ -118,8 +119,8 @@ def test_loader_workers_draw_different_augmentations():
     """With a seeded transform every DataLoader worker gets a copy of one generator
     (albumentations 2.0.8); make_train_loader reseeds each, so the two workers' crops differ
     and a second loader with the same seed repeats them."""
-    from pipeline.distributed import DistInfo
-    from pipeline.train import make_train_loader
+    from pipeline.core.distributed import DistInfo
+    from pipeline.core.training import make_train_loader
 
     def crops() -> list[torch.Tensor]:
         loader, _ = make_train_loader(_CropOfOneImage(seed=3), batch_size=1, info=DistInfo(), seed=0,
@@ -136,7 +137,7 @@ def test_loader_workers_draw_different_augmentations():
 
 @pytest.mark.parametrize("section", ["train", "segment", "affinity"])
 def test_global_batch_must_divide_by_the_ranks(section):
-    from pipeline.distributed import DistInfo, check_global_batch
+    from pipeline.core.distributed import DistInfo, check_global_batch
 
     check_global_batch(8, DistInfo(world_size=4), section)
     check_global_batch(7, DistInfo(), section)  # one process takes any batch

@@ -1,4 +1,4 @@
-"""Seeds, masks and boxes for unlabeled images (pipeline.unlabeled)."""
+"""Seeds, masks and boxes for unlabeled images (pipeline.segment.unlabeled)."""
 
 import json
 import shutil
@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.io import load_seeds, read_label_png
-from pipeline.unlabeled import label_scores, main, seeds_for_folder
+from pipeline.core.io import load_seeds, read_label_png
+from pipeline.segment.unlabeled import label_scores, main, seeds_for_folder
 
 
 def test_label_scores_hand_case():

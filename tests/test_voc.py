@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.data.index import index_split
 from pipeline.data.voc import VOC_CLASSES, DatasetError, VOCDataset, boxes_from_mask, find_voc_root, labels_from_mask
-from pipeline.io import write_label_png
+from pipeline.core.io import write_label_png
 
 from conftest import write_jpeg, write_xml
 

@@ -1,6 +1,6 @@
 """MS COCO for weakly-supervised segmentation (``data.source: coco``), read with pycocotools.
 
-``data.root`` is a COCO folder as the archives unpack (``python -m pipeline.download coco``
+``data.root`` is a COCO folder as the archives unpack (``python -m pipeline.data.download coco``
 puts one in ``data/coco``)::
 
     <root>/annotations/instances_<split>.json     e.g. instances_train2014.json
@@ -38,8 +38,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from pipeline.data.voc import IGNORE_INDEX, DatasetError, _annotation_xml
-from pipeline.io import atomic_path, id_path, read_id_file, validate_id, write_label_png, write_text_lines
-from pipeline.parallel import parallel_map
+from pipeline.core.io import atomic_path, id_path, read_id_file, validate_id, write_label_png, write_text_lines
+from pipeline.core.parallel import parallel_map
 
 __all__ = ["instances_file", "coco_categories", "render_mask", "build_coco_view"]
 
@@ -137,7 +137,7 @@ def build_coco_view(root: str | os.PathLike, out: str | os.PathLike, lists: Iter
     root, out = Path(root).resolve(), Path(out)
     if not (root / "annotations").is_dir():
         raise DatasetError(f"{root}: no COCO layout found (expected {root}/annotations/instances_<split>.json; "
-                           "python -m pipeline.download coco puts one in data/coco)")
+                           "python -m pipeline.data.download coco puts one in data/coco)")
     parsed = {value: _parse_list(value) for value in dict.fromkeys(lists)}
     cocos, classes, wanted = {}, None, {}
     for value, (split, file) in parsed.items():

@@ -12,7 +12,7 @@ The labels file takes one of three forms, told apart by its content:
 A CSV may have a ``split`` column (``train``, ``val``, ... : any name), which id lists
 of that name select. The image column holds a file name relative to the images folder
 (``dogs/001.jpg``) or a stem (``001``, found with any suffix of
-:data:`pipeline.io.IMAGE_SUFFIXES`); the id is the path without its extension, each ``/`` written as
+:data:`pipeline.core.io.IMAGE_SUFFIXES`); the id is the path without its extension, each ``/`` written as
 ``__`` (an id names one file in each output folder). Class
 order: the classes file (one name per line) when there is one, else the one-hot header,
 else the order in which names first appear in the labels file. An image with no label is
@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 
 from pipeline.data.voc import DatasetError
-from pipeline.io import IMAGE_SUFFIXES, validate_id
+from pipeline.core.io import IMAGE_SUFFIXES, validate_id
 
 __all__ = ["IMAGE_COLUMNS", "LABEL_COLUMNS", "ALL_IDS", "FolderLabels", "read_labels_file", "build_view"]
 

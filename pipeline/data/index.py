@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.io import InvalidIdError, validate_id
+from pipeline.core.io import InvalidIdError, validate_id
 
 __all__ = ["index_split", "file_digest", "image_digest", "DatasetIndex"]
 

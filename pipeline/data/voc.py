@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipeline.io import (
+from pipeline.core.io import (
+    IGNORE_INDEX,
     IMAGE_ERRORS,
     atomic_path,
     id_path,
@@ -57,7 +58,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )
 
-IGNORE_INDEX = 255
 
 
 class DatasetError(ValueError):

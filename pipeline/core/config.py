@@ -53,7 +53,7 @@ def field(default: Any, **check: Any) -> Any:
 
 
 UNIT = dict(ge=0.0, le=1.0)  # thresholds and fractions of maps that live in [0, 1]
-AUTO = "auto"  # postprocess.bg and box_fraction chosen by the pipeline (pipeline/postprocess.py)
+AUTO = "auto"  # postprocess.bg and box_fraction chosen by the pipeline (pipeline/masks/postprocess.py)
 BUILTIN_ROOT = "pipeline/data/synthetic.py"  # data.root of the built-in dataset: its generator, which prepare depends on
 
 # The defaults below are the values of params.yaml (the built-in dataset's recipe); a test checks
@@ -289,7 +289,7 @@ class SegmentParams:
     processes: int = field(1, ge=1)  # >1: DDP in this many processes (torchrun), as train.processes
     scales: tuple[float, ...] = field((0.5,), gt=0.0, nonempty=True)  # test-time scales (probabilities averaged)
     flip: bool = True  # add mirrored copies at test time
-    crf: bool = False  # dense CRF (IRN's kernels, pipeline.crf) on each prediction, over the classes it predicts
+    crf: bool = False  # dense CRF (IRN's kernels, pipeline.masks.crf) on each prediction, over the classes it predicts
     # rounds of self-training: a fresh network trained on the previous one's labels of the training
     # ids (test-time scales, flip and crf as above), each restricted to the image's own classes
     self_training: int = field(0, ge=0)

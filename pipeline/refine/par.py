@@ -19,7 +19,7 @@ Where this differs from AFA's code, on purpose:
   in its range (AFA's sum to ``1 + w_pos``: every map grows by ``(1 + w_pos)`` per
   iteration, the same factor at every pixel and class, so argmax labels are equal).
 * Maps of another size are resized with ``align_corners=False`` (AFA: ``True``), the
-  convention of :func:`pipeline.cams.upsample_maps`.
+  convention of :func:`pipeline.cam.methods.upsample_maps`.
 * Neighbours are gathered by slicing one replicate-padded copy, not by a convolution
   with one-hot kernels; the values are the same.
 """
@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from pipeline.cams import upsample_maps
+from pipeline.cam.methods import upsample_maps
 
 __all__ = ["neighbor_offsets", "dilated_neighbors", "par_affinity", "par_refine", "par_labels"]
 
@@ -123,7 +123,7 @@ def par_labels(image: torch.Tensor, maps: torch.Tensor, class_ids: torch.Tensor,
                **par_kwargs) -> torch.Tensor:
     """Seed labels through PAR: a background plane at ``bg``, refine, argmax.
 
-    The class maps are upsampled to the image (:func:`pipeline.cams.upsample_maps`), a
+    The class maps are upsampled to the image (:func:`pipeline.cam.methods.upsample_maps`), a
     constant plane at ``bg`` goes first, :func:`par_refine` smooths the ``K + 1`` planes,
     and the argmax is mapped to 0 / ``class_id + 1`` (background wins ties).
     ``downscale = 2`` runs PAR on the image and planes resized to half size (AFA does,

@@ -3,11 +3,11 @@ IRN's boundary network trained on confident seed labels, the random walk over it
 boundaries, and AFA's training-free PAR.
 
 * Training data (:class:`AffinityDataset`): each image with IRN's confident labels
-  (:func:`pipeline.affinity.confident_labels` of two CRFs of the seeds), augmented as
+  (:func:`pipeline.refine.affinity.confident_labels` of two CRFs of the seeds), augmented as
   IRN does (random rescale, flip, crop padded with the mean colour and label 255),
   the label taken at the centre of every stride-4 cell.
 * Training (:func:`train_boundary_epoch`): IRN's affinity loss over pixel pairs within
-  ``radius`` cells (:func:`pipeline.affinity.affinity_loss`).
+  ``radius`` cells (:func:`pipeline.refine.affinity.affinity_loss`).
 * Inference (:func:`refine_with_walk`, :func:`refine_with_par`): per image, on the device.
 """
 
@@ -23,17 +23,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.affinity import BoundaryNet, affinity_loss
-from pipeline.cams import upsample_maps
-from pipeline.config import CrfParams, RefineParams
-from pipeline.crf import refine_mask
+from pipeline.refine.affinity import BoundaryNet, affinity_loss
+from pipeline.cam.methods import upsample_maps
+from pipeline.core.config import CrfParams, RefineParams
+from pipeline.masks.crf import refine_mask
 from pipeline.data.voc import IGNORE_INDEX, VOCDataset
-from pipeline.io import id_path, read_label_png
-from pipeline.models import MultiLevelEncoder, build_classifier, load_checkpoint
-from pipeline.par import par_labels
-from pipeline.postprocess import image_bg
-from pipeline.random_walk import background_plane, random_walk, walk_labels, walked_labels
-from pipeline.train import lr_factor, to_tensor
+from pipeline.core.io import id_path, read_label_png
+from pipeline.classifier.models import MultiLevelEncoder, build_classifier, load_checkpoint
+from pipeline.refine.par import par_labels
+from pipeline.masks.postprocess import image_bg
+from pipeline.refine.random_walk import background_plane, random_walk, walk_labels, walked_labels
+from pipeline.core.device import to_tensor
+from pipeline.core.training import lr_factor
 
 __all__ = [
     "BOUNDARY_STRIDE",
@@ -72,7 +73,7 @@ def affinity_augmentation(crop_size: int, scale_range: Sequence[float], fill: Se
 def cell_labels(labels: torch.Tensor, stride: int = BOUNDARY_STRIDE) -> torch.Tensor:
     """``(..., H, W)`` labels -> ``(..., ceil(H / stride), ceil(W / stride))``: the label at the
     centre pixel of each cell (255 where the centre falls outside the image), the same
-    cell-centre placement as :func:`pipeline.cams.upsample_maps`."""
+    cell-centre placement as :func:`pipeline.cam.methods.upsample_maps`."""
     h, w = labels.shape[-2:]
     hc, wc = -(-h // stride), -(-w // stride)
     padded = torch.nn.functional.pad(labels, (0, wc * stride - w, 0, hc * stride - h), value=IGNORE_INDEX)
@@ -164,9 +165,9 @@ def refine_with_walk(
         maps: ``(K, h, w)`` seeds in [0, 1] (any stored size: resized to the boundary grid).
         class_ids: ``(K,)``.
         image_size: ``(H, W)``.
-        background: ``"constant"``: IRN's rule (:func:`pipeline.random_walk.walk_labels`
+        background: ``"constant"``: IRN's rule (:func:`pipeline.refine.random_walk.walk_labels`
             at ``bg_threshold``); ``"walked"``: PSA's background plane of power
-            ``bg_power`` walked with the classes (:func:`pipeline.random_walk.background_plane`).
+            ``bg_power`` walked with the classes (:func:`pipeline.refine.random_walk.background_plane`).
     Returns:
         ``(H, W)`` uint8 labels and the ``(ceil(H / 4), ceil(W / 4))`` boundary map.
     """

@@ -1,6 +1,6 @@
 """Label a folder of images with the segmenter the ``segment`` stage trained.
 
-``python -m pipeline.predict --model models/segmenter.pt --images DIR --out OUT`` writes::
+``python -m pipeline.segment.predict --model models/segmenter.pt --images DIR --out OUT`` writes::
 
     OUT/labels/<stem>.png      palette PNG (VOC colours, as the crf stage's exports): 0 background, c + 1 class c
     OUT/overlays/<stem>.jpg    the labels blended onto the image (unless --no-overlays)
@@ -23,7 +23,7 @@ outputs of batches before it stay, each complete. With ``skip_bad`` both kinds a
 logged as warnings naming the file, skipped, and counted in the summary; the command
 still exits 1 when every image was skipped.
 
-Memory: images of one size are batched together (:func:`pipeline.segment.segment_images`
+Memory: images of one size are batched together (:func:`pipeline.segment.segmenter.segment_images`
 takes one size per batch), in the order of (size, name); only one batch is decoded at a
 time, so memory holds one batch of pixels however many images there are (and a path and
 a size per file).
@@ -44,11 +44,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.io import IMAGE_ERRORS, IMAGE_SUFFIXES, atomic_path, read_image_size, read_rgb, write_label_png
-from pipeline.paths import SEGMENTER
-from pipeline.segment import load_segmenter, segment_images
-from pipeline.train import amp_dtype, resolve_device
-from pipeline.viz import label_overlay
+from pipeline.core.io import IMAGE_ERRORS, IMAGE_SUFFIXES, atomic_path, read_image_size, read_rgb, write_label_png
+from pipeline.core.paths import SEGMENTER
+from pipeline.segment.segmenter import load_segmenter, segment_images
+from pipeline.core.device import amp_dtype, resolve_device
+from pipeline.evaluate.viz import label_overlay
 
 __all__ = ["IMAGE_SUFFIXES", "BadImageError", "PredictSummary", "list_images", "predict_folder", "main"]
 

@@ -20,7 +20,7 @@ images, ``SegmentationClass`` and ``SegmentationClassAug`` -> the pseudo-labels,
 * DeepLab-pytorch / PSA style: root ``outputs/voc_view/VOCdevkit/VOC2012`` and the pair list
   ``ImageSets/SegmentationAug/train_aug.txt``.
 
-``python -m pipeline.export`` rebuilds the view (for example after ``dvc checkout`` on
+``python -m pipeline.data.export`` rebuilds the view (for example after ``dvc checkout`` on
 another machine, or to put it elsewhere).
 """
 
@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.io import atomic_dir, read_json, write_text_lines
-from pipeline.paths import INDEX_FILE, REFINED, VIEW
+from pipeline.core.io import atomic_dir, read_json, write_text_lines
+from pipeline.core.paths import INDEX_FILE, REFINED, VIEW
 
 __all__ = ["list_name", "write_id_lists", "make_voc_view"]
 

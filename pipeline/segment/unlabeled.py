@@ -1,15 +1,15 @@
 """Seeds, masks and boxes for images that have no labels at all.
 
-``python -m pipeline.unlabeled --classifier models/classifier.pt --images DIR --out OUT``
+``python -m pipeline.segment.unlabeled --classifier models/classifier.pt --images DIR --out OUT``
 runs the trained classifier on every image directly in ``DIR`` (the files
-:func:`pipeline.predict.list_images` takes), keeps the classes whose sigmoid probability
+:func:`pipeline.segment.predict.list_images` takes), keeps the classes whose sigmoid probability
 is at least ``--threshold``, and writes for those classes what the ``cams`` and
 ``postprocess`` stages write for labelled images::
 
     OUT/seeds/<stem>.npz     the maps (np.load(..., allow_pickle=False): maps, class_ids, image_size)
     OUT/masks/<stem>.png     the seed mask at --bg (palette PNG: 0 background, c + 1 class c)
     OUT/labels.json          {stem: {"classes": [...], "probabilities": {...}}, ...} and the settings
-    OUT/boxes.json           the three box sets of each image (pipeline.postprocess.seeds_to_boxes)
+    OUT/boxes.json           the three box sets of each image (pipeline.masks.postprocess.seeds_to_boxes)
 
 The threshold. A sigmoid classifier trained with binary cross-entropy is calibrated so that
 0.5 is its decision point, the default. On the built-in dataset's held-out images, labels
@@ -17,7 +17,7 @@ predicted at 0.5 had the precision and recall in the README ("Seeds for unlabele
 images"); a lower threshold trades precision for recall. To choose it on your data, run
 this on a few labelled images and read :func:`label_scores` (``--truth`` a labels file in
 the formats of :mod:`pipeline.data.folder`). CAM settings (method, scales, flip, store
-stride) default to IRN's and the seeds go through the same :func:`pipeline.cams.multiscale_cams`.
+stride) default to IRN's and the seeds go through the same :func:`pipeline.cam.methods.multiscale_cams`.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.cams import list_methods, multiscale_cams, upsample_maps
-from pipeline.io import atomic_dir, save_seeds, write_json, write_label_png
-from pipeline.models import load_classifier
-from pipeline.paths import CLASSIFIER
-from pipeline.postprocess import seeds_to_boxes, seeds_to_mask
-from pipeline.predict import BadImageError, _image_size, _load_rgb, list_images
-from pipeline.train import resolve_device, to_tensor
+from pipeline.cam.methods import list_methods, multiscale_cams, upsample_maps
+from pipeline.core.io import atomic_dir, save_seeds, write_json, write_label_png
+from pipeline.classifier.models import load_classifier
+from pipeline.core.paths import CLASSIFIER
+from pipeline.masks.postprocess import seeds_to_boxes, seeds_to_mask
+from pipeline.segment.predict import BadImageError, _image_size, _load_rgb, list_images
+from pipeline.core.device import resolve_device, to_tensor
 
 __all__ = ["DEFAULT_THRESHOLD", "predict_labels", "label_scores", "seeds_for_folder", "main"]
 

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from pipeline.cams import guided_gradients, normalize_maps
+from pipeline.cam.methods import guided_gradients, normalize_maps
 
 __all__ = ["PANELS", "worst_ids", "draw_boxes", "guided_gradcam_picture", "line_chart_svg",
            "bars_html", "confusion_html", "write_report"]

@@ -1,7 +1,7 @@
 """The `cams` stage's loop: seeds of a list of ids written into a folder, one ``.npz`` per id.
 
 Images are decoded (in ``num_workers`` DataLoader workers when asked) and batched by size
-(no padding, no resizing), the maps made by :func:`pipeline.cams.multiscale_cams` on the
+(no padding, no resizing), the maps made by :func:`pipeline.cam.methods.multiscale_cams` on the
 device (a batch per call on a GPU, one image per call on the CPU), and copied to the host
 once per batch. The stage and ``benchmarks/real_images.py``
 both run this function.
@@ -17,11 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.cams import multiscale_cams
-from pipeline.config import CamParams
+from pipeline.cam.methods import multiscale_cams
+from pipeline.core.config import CamParams
 from pipeline.data.index import DatasetIndex
-from pipeline.io import id_path, save_seeds
-from pipeline.train import amp_dtype, to_tensor
+from pipeline.core.io import id_path, save_seeds
+from pipeline.core.device import amp_dtype, to_tensor
 
 __all__ = ["write_seeds"]
 

@@ -25,6 +25,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 __all__ = [
+    "IGNORE_INDEX",
     "IMAGE_SUFFIXES",
     "InvalidIdError",
     "validate_id",
@@ -47,6 +48,7 @@ __all__ = [
     "load_seeds",
 ]
 
+IGNORE_INDEX = 255  # the label PNGs' "not labelled" value (VOC's object outlines, uncertain pseudo-labels)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # image files a folder is read for
 
 

@@ -1,6 +1,6 @@
 """Download PASCAL VOC 2012 and SBD (and build train_aug), or MS COCO; verify, extract atomically.
 
-``make data-voc`` runs ``python -m pipeline.download --dest data``, which leaves::
+``make data-voc`` runs ``python -m pipeline.data.download --dest data``, which leaves::
 
     data/VOCdevkit/VOC2012/                      the VOC 2012 trainval tree (17,125 images)
         SegmentationClassAug/<id>.png            SBD's masks as VOC PNGs (VOC's own masks where both exist)
@@ -14,7 +14,7 @@ extracted), extracted into a temporary folder beside the destination and renamed
 place, then marked done with a stamp file; a second run finds the stamps and does
 nothing. The URLs and MD5s are the ones torchvision's VOC and SBD datasets publish.
 
-``make data-coco`` runs ``python -m pipeline.download coco --dest data``, which leaves
+``make data-coco`` runs ``python -m pipeline.data.download coco --dest data``, which leaves
 ``data/coco/{train2014,val2014,annotations}`` (the WSSS literature's COCO: 82,081
 training and 40,137 validation images; ``--year 2017`` for the 2017 split). COCO
 publishes no checksums: the MD5s below are the ETags of the archives on COCO's S3
@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.voc import DatasetError
-from pipeline.io import atomic_dir, atomic_path, id_path, read_id_file, write_label_png, write_text_lines
+from pipeline.core.io import atomic_dir, atomic_path, id_path, read_id_file, write_label_png, write_text_lines
 
 __all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "COCO", "DownloadError", "fetch", "extract", "install", "build_train_aug",
            "download_voc", "download_coco"]

@@ -21,7 +21,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from pipeline.cams import eval_mode, explain
+from pipeline.cam.methods import eval_mode, explain
 
 __all__ = ["explanation_confidence", "compare_explanations", "FaithfulnessScore"]
 
@@ -72,7 +72,7 @@ def compare_explanations(
     **explain_options,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Confidences for the maps of ``method`` and of ``versus`` on one batch of images of
-    one size, both made here on one path: :func:`pipeline.cams.explain` with the same
+    one size, both made here on one path: :func:`pipeline.cam.methods.explain` with the same
     options, at image resolution, in float32, then one forward pass of every explanation
     image. (Comparing stored seeds, float16 at 1/4 resolution, with maps made afresh at
     full resolution would score the two methods on different paths.)
@@ -80,8 +80,8 @@ def compare_explanations(
     Args:
         images01, class_ids, mean, std: as in :func:`explanation_confidence`; every
             image needs at least one class.
-        method, versus: the two methods (:func:`pipeline.cams.list_methods` names).
-        explain_options: :func:`pipeline.cams.explain`'s options, the same for both.
+        method, versus: the two methods (:func:`pipeline.cam.methods.list_methods` names).
+        explain_options: :func:`pipeline.cam.methods.explain`'s options, the same for both.
     Returns:
         ``Y``, ``O`` of ``method`` and ``O`` of ``versus``, each ``(sum K_i,)``, in the
         order of the (image, class) pairs.
@@ -107,7 +107,7 @@ def compare_explanations(
 class FaithfulnessScore:
     """Accumulates Y and O for one method, and optionally for a second to compare with."""
 
-    counters: ClassVar[tuple[str, ...]] = ("y", "o", "o_other")  # pipeline.metrics.merge_scores
+    counters: ClassVar[tuple[str, ...]] = ("y", "o", "o_other")  # pipeline.core.metrics.merge_scores
 
     def __post_init__(self) -> None:
         self.y: list[np.ndarray] = []

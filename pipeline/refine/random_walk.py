@@ -3,7 +3,7 @@
 Ahn, Cho & Kwak, CVPR 2019, https://arxiv.org/abs/1904.05044
 (``make_sem_seg_labels.py`` of its code). The affinity of two pixels within
 ``radius`` is ``a(p, q) = (1 - max boundary on the segment p..q) ** beta``
-(:func:`pipeline.affinity.path_max`), every pixel also links to itself with
+(:func:`pipeline.refine.affinity.path_max`), every pixel also links to itself with
 affinity 1, and ``T = D^-1 A`` (rows sum to 1). The seed maps, damped by
 ``1 - boundary``, are walked ``steps`` times: ``x <- T x``, so each pixel becomes
 the affinity-weighted mean of its neighbourhood and class mass spreads inside
@@ -30,8 +30,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from pipeline.affinity import pair_offsets, pair_valid, path_max
-from pipeline.cams import upsample_maps
+from pipeline.refine.affinity import pair_offsets, pair_valid, path_max
+from pipeline.cam.methods import upsample_maps
 
 __all__ = ["WALK_METHODS", "BACKGROUNDS", "neighbor_weights", "transition_matrix", "random_walk", "walk_labels", "background_plane",
            "walked_labels"]
@@ -173,7 +173,7 @@ def walk_labels(walked: torch.Tensor, class_ids: torch.Tensor, image_size: tuple
     """Labels from walked maps, IRN's rule: scale by the global maximum, then argmax
     over a constant background plane at ``bg_threshold`` and the classes.
 
-    The maps are upsampled to the image with :func:`pipeline.cams.upsample_maps`
+    The maps are upsampled to the image with :func:`pipeline.cam.methods.upsample_maps`
     (bilinear, cell centres aligned; IRN upsamples by 4 and crops), divided by their
     maximum over all classes and pixels, and the background plane goes first, so it
     wins ties (and every pixel when all maps are zero).
@@ -222,7 +222,7 @@ def background_plane(maps: torch.Tensor, power: float) -> torch.Tensor:
 
 def walked_labels(walked: torch.Tensor, class_ids: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Labels from a walk whose first plane is the background (:func:`background_plane`):
-    upsampled to the image (:func:`pipeline.cams.upsample_maps`), argmax over all planes,
+    upsampled to the image (:func:`pipeline.cam.methods.upsample_maps`), argmax over all planes,
     the background winning ties.
 
     Args:

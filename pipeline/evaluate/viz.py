@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from pipeline.data.voc import IGNORE_INDEX
-from pipeline.io import voc_palette
+from pipeline.core.io import voc_palette
 
 __all__ = ["heatmap_overlay", "label_overlay", "side_by_side"]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from pipeline.data.voc import IGNORE_INDEX
+from pipeline.core.io import IGNORE_INDEX
 
 __all__ = [
     "confusion_matrix",

@@ -15,7 +15,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
-from pipeline.config import CrfParams
+from pipeline.core.config import CrfParams
 from pipeline.data.voc import IGNORE_INDEX
 
 __all__ = ["POOL_CHUNKSIZE", "dense_crf", "refine_mask", "refine_files", "crf_label_pair"]
@@ -90,7 +90,7 @@ def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
 
     Reading happens here so that only paths cross the process boundary on the way in.
     """
-    from pipeline.io import IMAGE_ERRORS, read_label_png, read_rgb
+    from pipeline.core.io import IMAGE_ERRORS, read_label_png, read_rgb
 
     image_path, mask_path, class_ids, params = job
     try:
@@ -110,10 +110,10 @@ def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]
     """Pool worker of the ``affinity`` stage: the CRF labels of two seed masks of one image
     (IRN's confident-label recipe: the seeds under a high and under a low background plane).
 
-    The CRF's plain argmax is returned (no ignore): :func:`pipeline.affinity.confident_labels`
+    The CRF's plain argmax is returned (no ignore): :func:`pipeline.refine.affinity.confident_labels`
     combines the two maps.
     """
-    from pipeline.io import IMAGE_ERRORS, read_rgb
+    from pipeline.core.io import IMAGE_ERRORS, read_rgb
 
     image_path, fg_mask, bg_mask, class_ids, params = job
     try:

@@ -85,7 +85,7 @@ def best_on_grid(scores, grid: tuple[float, ...] = CALIBRATION_GRID) -> float:
 def calibrate_bg(confusions: np.ndarray, grid: tuple[float, ...] = CALIBRATION_GRID) -> tuple[float, list[float]]:
     """The grid value of best mIoU given ``(len(grid), n, n)`` confusion matrices summed over
     the calibration images (the lowest one on a tie), and the mIoU at each grid value."""
-    from pipeline.metrics import mean_iou
+    from pipeline.core.metrics import mean_iou
 
     if len(confusions) != len(grid):
         raise ValueError(f"{len(confusions)} confusion matrices for a grid of {len(grid)}")

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.io import load_seeds
+from pipeline.core.io import load_seeds
 
 __all__ = [
     "CamModel",
@@ -363,7 +363,7 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def load_seed_maps(path) -> tuple[torch.Tensor, np.ndarray, tuple[int, int]]:
-    """A seeds file (:func:`pipeline.io.save_seeds`) at image size: ``(K, H, W)`` float32
+    """A seeds file (:func:`pipeline.core.io.save_seeds`) at image size: ``(K, H, W)`` float32
     maps (:func:`upsample_maps`), the class ids ``(K,)`` and ``(H, W)``."""
     maps, class_ids, size = load_seeds(path)
     return upsample_maps(torch.from_numpy(maps).float(), size), class_ids, size

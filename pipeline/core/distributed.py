@@ -25,8 +25,8 @@ from typing import Any, Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from pipeline.io import atomic_dir
-from pipeline.parallel import default_processes
+from pipeline.core.io import atomic_dir
+from pipeline.core.parallel import default_processes
 
 __all__ = ["DistInfo", "check_global_batch", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
            "all_gather_object", "local_share", "data_parallel"]
@@ -151,7 +151,7 @@ def local_share(processes: int, info: DistInfo) -> int:
 
 @contextlib.contextmanager
 def shared_atomic_dir(path: str | os.PathLike, info: DistInfo, *, keep: bool = True) -> Iterator[Path]:
-    """:func:`pipeline.io.atomic_dir` shared by all ranks: rank 0 makes the temporary folder,
+    """:func:`pipeline.core.io.atomic_dir` shared by all ranks: rank 0 makes the temporary folder,
     every rank writes its shard into it, and rank 0 renames it into place once all are done
     (``keep=False``: removes it, a scratch folder every rank can read)."""
     if not info.distributed:

@@ -4,7 +4,7 @@ The network comes from segmentation_models_pytorch (FPN, DeepLabV3+, U-Net, ...)
 timm encoder (``tu-<timm name>``, smp's timm universal encoder). It is always built
 without a hub download (``encoder_weights=None``); ``weights`` may then name a local
 state_dict of the timm network (the offline ImageNet EfficientNet-Lite0), loaded with
-:func:`pipeline.models.load_feature_weights`. No weights that saw VOC masks are used.
+:func:`pipeline.classifier.models.load_feature_weights`. No weights that saw VOC masks are used.
 
 Conventions: images ``(N, 3, H, W)`` normalised floats; labels ``(H, W)`` with 0 for
 background, ``c + 1`` for class ``c``, 255 ignored; probabilities ``(N, K, H, W)`` with
@@ -28,13 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.config import SEGMENT_ARCHITECTURES, CrfParams
-from pipeline.crf import refine_mask
+from pipeline.core.config import SEGMENT_ARCHITECTURES, CrfParams
+from pipeline.masks.crf import refine_mask
 from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
-from pipeline.io import id_path, read_label_png, write_label_png
-from pipeline.metrics import confusion_matrix
-from pipeline.models import backbone_normalization, load_checkpoint, load_feature_weights
-from pipeline.train import to_tensor
+from pipeline.core.io import id_path, read_label_png, write_label_png
+from pipeline.core.metrics import confusion_matrix
+from pipeline.classifier.models import backbone_normalization, load_checkpoint, load_feature_weights
+from pipeline.core.device import to_tensor
 
 __all__ = [
     "ENCODER_PREFIX",
@@ -114,7 +114,7 @@ def build_segmenter(arch: str, encoder: str, num_classes: int, *, weights: str =
     """An smp ``arch`` on the timm ``encoder`` (``tu-<name>``) with ``num_classes`` outputs.
 
     Args:
-        arch: one of :data:`pipeline.config.SEGMENT_ARCHITECTURES`.
+        arch: one of :data:`pipeline.core.config.SEGMENT_ARCHITECTURES`.
         encoder: ``tu-`` and a timm model name.
         num_classes: outputs, background included.
         weights: ``"none"`` (random initialisation) or a path to a state_dict of the whole
@@ -267,7 +267,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, scales: Sequence[fl
 
 
 def crf_on_prediction(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The dense CRF of :mod:`pipeline.crf` (IRN's kernels, ``CrfParams()`` defaults) on one
+    """The dense CRF of :mod:`pipeline.masks.crf` (IRN's kernels, ``CrfParams()`` defaults) on one
     prediction, over background and the classes it predicts; no pixel is left ignored.
 
     ``image`` ``(H, W, 3)`` uint8, ``labels`` ``(H, W)`` uint8 in ``0 .. K - 1``; returns the same.

@@ -1,5 +1,5 @@
 # `make repro`: create the venv if needed, install, run the DVC pipeline on the built-in dataset.
-# `make test`:  create or update the same venv, run the test suite.
+# `make test`:  create or update the same venv, run the linter (ruff) and the test suite.
 # `make data-voc`: download PASCAL VOC 2012 + SBD into data/ (checksummed, resumable) and build train_aug.
 # `make data-coco`: download MS COCO 2014 (images + instance annotations) into data/coco (same checks).
 # `make bench`: run the benchmarks (tables on stdout, JSON in benchmarks/results/).
@@ -23,6 +23,7 @@ repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 data-voc: $(STAMP)

@@ -12,8 +12,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from pipeline.core.io import write_json
 
@@ -66,7 +67,8 @@ def machine() -> dict:
 def add_device_args(parser) -> None:
     """``--device`` and ``--amp`` (autocast dtype), shared by the model benchmarks."""
     parser.add_argument("--device", default="cpu", help="cpu | cuda (GPU runs sync before and after each timed call)")
-    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="autocast every timed call (ours, the floor and the peer alike)")
+    parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                        help="autocast every timed call (ours, the floor and the peer alike)")
 
 
 def autocast(device: torch.device, amp: str):

@@ -29,8 +29,17 @@ from benchmarks._common import print_table, write_results
 from pipeline.cam.methods import load_seed_maps
 from pipeline.core.io import id_path
 from pipeline.core.metrics import cam_localization, confusion_matrix, mean_iou
-from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
+from pipeline.masks.postprocess import (
+    CALIBRATION_GRID,
+    best_on_grid,
+    calibrate_bg,
+    foreground,
+    labels_at_threshold,
+    otsu_box_fractions,
+    otsu_threshold,
+    seeds_to_boxes,
+    threshold_sweep,
+)
 
 
 def _hits(maps: np.ndarray, class_ids: np.ndarray, fraction, sample) -> tuple[int, int]:

@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> dict:
                "num_classes": num_classes, "device": str(device), "amp": args.amp,
                "statistic": "median after one warm-up round, interleaved"}
     payload = {"setting": setting, "results": results}
-    write_results(result_name("cam_speed", args.quick, device, args.amp, None if args.quick or args.batch == parser.get_default("batch") else args.batch), payload, *([args.out] if args.out else []))
+    batch = None if args.quick or args.batch == parser.get_default("batch") else args.batch
+    write_results(result_name("cam_speed", args.quick, device, args.amp, batch), payload, *([args.out] if args.out else []))
     return payload
 
 

@@ -24,11 +24,11 @@ from PIL import Image
 
 from benchmarks._common import interleaved_medians, print_table, write_results
 from pipeline.core.config import CrfParams
-from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
-from pipeline.data.synthetic import render_image
-from pipeline.data.voc import IGNORE_INDEX, VOC_CLASSES, find_voc_root
 from pipeline.core.io import write_label_png
 from pipeline.core.parallel import default_processes, parallel_map
+from pipeline.data.synthetic import render_image
+from pipeline.data.voc import IGNORE_INDEX, VOC_CLASSES, find_voc_root
+from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "voc2012_sample"
 

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, c in cases.items():
         rows.append([name, c["images"], round(c["bytes"] / 2**20, 1), c["index_verify"], c["index_headers"], c["digests_only"],
                      1000 * c["digests_only"] / c["images"], c["digests_only"] / c["index_verify"]])
-    print_table(["set", "images", "MiB", "index (decode) s", "index (headers) s", "digests s", "digest ms/img", "digest share of index (decode)"], rows)
+    print_table(["set", "images", "MiB", "index (decode) s", "index (headers) s", "digests s", "digest ms/img",
+                 "digest share of index (decode)"], rows)
     write_results("fingerprint_quick" if args.quick else "fingerprint", {"cases": cases}, args.out)
 
 

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
                "batch": args.batch, "classes_per_image": args.k, "scales": IRN_SCALES, "flip": True, "runs": args.runs,
                "device": str(device), "amp": args.amp}
     payload = {"setting": setting, "results": results, "timings": timing}
-    write_results(result_name("multiscale", args.quick, device, args.amp, None if args.quick or args.batch == parser.get_default("batch") else args.batch), payload, *([args.out] if args.out else []))
+    batch = None if args.quick or args.batch == parser.get_default("batch") else args.batch
+    write_results(result_name("multiscale", args.quick, device, args.amp, batch), payload, *([args.out] if args.out else []))
     return payload
 
 

@@ -109,10 +109,10 @@ def _train(index, ids, rounds, load_params) -> dict:
     import torch
     from torch import nn
 
-    from pipeline.core.distributed import DistInfo
     from pipeline.classifier.models import backbone_normalization, build_classifier
     from pipeline.classifier.train import ClassificationDataset, train_augmentation
     from pipeline.core.device import seed_everything
+    from pipeline.core.distributed import DistInfo
     from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 
     model_p, train_p = load_params("model", "train")
@@ -187,8 +187,8 @@ def _cams(index, ids, rounds, load_params) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from pipeline.classifier.models import load_classifier
     from pipeline.cam.seeds import write_seeds
+    from pipeline.classifier.models import load_classifier
     from pipeline.core.device import to_tensor
     from stages.common import CLASSIFIER
 
@@ -250,8 +250,8 @@ def _cams(index, ids, rounds, load_params) -> dict:
 # -- 3. dense CRF ---------------------------------------------------------------------------
 
 def _crf(index, ids, rounds, load_params) -> dict:
-    from pipeline.masks.crf import refine_files, refine_mask
     from pipeline.core.io import id_path, read_label_png
+    from pipeline.masks.crf import refine_files, refine_mask
     from stages.common import MASKS
 
     (crf_p,) = load_params("crf")

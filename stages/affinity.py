@@ -20,20 +20,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core import distributed
-from pipeline.refine.affinity import BoundaryNet, confident_labels, pair_offsets
 from pipeline.cam.methods import load_seed_maps
-from pipeline.masks.crf import POOL_CHUNKSIZE, crf_label_pair
-from pipeline.data.export import VOC_SUBDIR
-from pipeline.core.io import atomic_dir, atomic_path, id_path, read_label_png, write_json, write_label_png
 from pipeline.classifier.models import MultiLevelEncoder, backbone_normalization, build_classifier, load_classifier
-from pipeline.core.parallel import parallel_map
-from pipeline.masks.postprocess import seeds_to_mask
-from pipeline.refine.refiner import AffinityDataset, affinity_augmentation, train_boundary_epoch
+from pipeline.core import distributed
 from pipeline.core.device import amp_dtype, resolve_device, seed_everything
+from pipeline.core.io import atomic_dir, atomic_path, id_path, read_label_png, write_json, write_label_png
+from pipeline.core.parallel import parallel_map
 from pipeline.core.training import make_train_loader
-from stages.common import (AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, PSEUDO_LABELS, SEEDS, load_index, load_params,
-                           log, run)
+from pipeline.data.export import VOC_SUBDIR
+from pipeline.masks.crf import POOL_CHUNKSIZE, crf_label_pair
+from pipeline.masks.postprocess import seeds_to_mask
+from pipeline.refine.affinity import BoundaryNet, confident_labels, pair_offsets
+from pipeline.refine.refiner import AffinityDataset, affinity_augmentation, train_boundary_epoch
+from stages.common import AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, METRICS, PSEUDO_LABELS, SEEDS, load_index, load_params, log, run
 
 METRICS_FILE = METRICS / "affinity.json"
 

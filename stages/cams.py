@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.core import distributed
-from pipeline.cam.methods import list_methods
-from pipeline.data.index import DatasetIndex
-from pipeline.classifier.models import load_classifier
 from pipeline.cam.seeds import write_seeds
+from pipeline.classifier.models import load_classifier
+from pipeline.core import distributed
 from pipeline.core.device import resolve_device
+from pipeline.core.errors import InputError
+from pipeline.data.index import DatasetIndex
 from stages.common import CLASSIFIER, SEEDS, load_index, load_params, log, run
 
 
 def main() -> None:
     (cam_p,) = load_params("cam")
-    if cam_p.method not in list_methods():
-        raise ValueError(f"cam.method: unknown method {cam_p.method!r}; valid methods: {', '.join(list_methods())}")
     with distributed.session(resolve_device(cam_p.device), cam_p.processes, "stages.cams") as (info, device):
         _seeds(cam_p, load_index(), info, device)
 
@@ -24,7 +22,7 @@ def main() -> None:
 def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch.device) -> None:
     model, ckpt = load_classifier(CLASSIFIER, device)
     if list(ckpt["classes"]) != list(index.classes):
-        raise ValueError(f"{CLASSIFIER}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
+        raise InputError(f"{CLASSIFIER}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
     model = model.to(memory_format=torch.channels_last)
     ids = index.splits["train"]
     # every rank takes every world_size-th batch; each image's seeds depend only on its batch

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import (
+    SEGMENT_ENCODER_PREFIX,
     AffinityParams,
     CamParams,
     ConfigError,
@@ -24,33 +25,33 @@ from pipeline.core.config import (
     TrainParams,
     from_dict,
 )
-from pipeline.data.index import DatasetIndex
+from pipeline.core.errors import InputError
 from pipeline.core.io import read_json
-
 from pipeline.core.paths import (  # noqa: F401  (re-exported: the stages import their paths from here)
-    PARAMS_FILE,
-    DVC_FILE,
-    INDEX_FILE,
-    FOLDER_VIEW,
-    COCO_VIEW,
-    CLASSIFIER,
-    SEEDS,
-    MASKS,
-    BOXES,
-    PSEUDO_LABELS,
-    AFFINITY_MODEL,
     AFFINITY_LABELS,
-    REFINED,
-    VIEW,
+    AFFINITY_MODEL,
+    BOXES,
+    CLASSIFIER,
+    COCO_VIEW,
+    DVC_FILE,
+    FOLDER_VIEW,
+    INDEX_FILE,
+    MASKS,
     METRICS,
-    SEGMENTER,
-    SEGMENT_METRICS,
-    SEGMENTER_REFERENCE,
-    SEGMENT_REFERENCE_METRICS,
-    SELF_TRAINING_LABELS,
+    PARAMS_FILE,
     PLOTS,
+    PSEUDO_LABELS,
+    REFINED,
     REPORTS,
+    SEEDS,
+    SEGMENT_METRICS,
+    SEGMENT_REFERENCE_METRICS,
+    SEGMENTER,
+    SEGMENTER_REFERENCE,
+    SELF_TRAINING_LABELS,
+    VIEW,
 )
+from pipeline.data.index import DatasetIndex
 
 SECTIONS: dict[str, type] = {
     "data": DataParams,
@@ -87,9 +88,41 @@ def load_params(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    for name, cls in SECTIONS.items():  # validate every section, not only those this stage reads
-        from_dict(cls, raw.get(name), f"{path}:{name}")
-    return tuple(from_dict(SECTIONS[n], raw.get(n), f"{path}:{n}") for n in names)
+    sections = {name: from_dict(cls, raw.get(name), f"{path}:{name}") for name, cls in SECTIONS.items()}
+    check_registries(sections, path)  # every section, not only those this stage reads
+    return tuple(sections[n] for n in names)
+
+
+def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None:
+    """Names in the params that the library's registries define (CAM methods, backbones and
+    their output strides, timm encoders) checked before anything runs: a typo raises
+    :class:`ConfigError` naming the key and the valid values. Builds no network."""
+    from pipeline.cam.methods import list_methods
+    from pipeline.classifier.models import check_backbone
+
+    def backbone(key: str, name: str, stride: int) -> None:
+        try:
+            check_backbone(name, stride)
+        except ValueError as err:
+            raise ConfigError(f"{path}:{key}: {err}") from None
+
+    model, cam, affinity, evaluate, segment = (sections[n] for n in ("model", "cam", "affinity", "evaluate", "segment"))
+    backbone("model.backbone", model.backbone, model.output_stride)
+    if affinity.backbone != "classifier":
+        backbone("affinity.backbone", affinity.backbone, affinity.output_stride)
+    for key, method in (("cam.method", cam.method), ("evaluate.faithfulness_versus", evaluate.faithfulness_versus)):
+        if method not in list_methods():
+            raise ConfigError(f"{path}:{key}: unknown CAM method {method!r}; valid methods: {', '.join(list_methods())}")
+    encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
+    if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not _is_timm_model(encoder):
+        raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "
+                          f"{SEGMENT_ENCODER_PREFIX}<timm model name>, e.g. tu-resnet18, tu-efficientnet_lite0 (see timm.list_models())")
+
+
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
 
 
 def load_index(path: Path = INDEX_FILE) -> DatasetIndex:
@@ -101,7 +134,9 @@ def _terminated(signum, frame) -> None:
 
 
 def run(main) -> None:
-    """Run a stage's ``main``; known input errors print one clear line and exit 1.
+    """Run a stage's ``main``; the project's own errors about its inputs (:class:`InputError`:
+    parameters, data, earlier outputs, the machine) print one clear line and exit 1. Any
+    other exception is a bug and keeps its traceback.
 
     SIGTERM (``kill``, a scheduler's time limit, torchrun stopping its workers) becomes
     an exit through the stack, so every temporary output folder is removed on the way
@@ -111,6 +146,6 @@ def run(main) -> None:
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except InputError as err:
         log.error("%s", err)
         sys.exit(1)

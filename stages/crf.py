@@ -7,10 +7,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core import distributed
-from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
-from pipeline.data.export import VOC_SUBDIR, list_name, write_id_lists
 from pipeline.core.io import id_path, write_label_png
 from pipeline.core.parallel import parallel_map
+from pipeline.data.export import VOC_SUBDIR, list_name, write_id_lists
+from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
 from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
 
 OUT = PSEUDO_LABELS

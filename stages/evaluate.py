@@ -20,21 +20,45 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.core import distributed
-from pipeline.cam.methods import explain, load_seed_maps
 from pipeline.cam.faithfulness import FaithfulnessScore, compare_explanations
-from pipeline.core.device import resolve_device
-from pipeline.core.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
-from pipeline.core.metrics import (BoxScore, CamLocalizationScore, MaxBoxAccScore, PseudoLabelScore, PxAPScore, confusion_matrix,
-                              iou_by_name, iou_per_class, mean_iou, merge_scores)
-from pipeline.masks.postprocess import BOX_SETS, foreground, threshold_sweep
-from pipeline.evaluate.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
-from pipeline.core.device import to_tensor
-from pipeline.evaluate.viz import heatmap_overlay, label_overlay, side_by_side
-from pipeline.data.export import VOC_SUBDIR
+from pipeline.cam.methods import explain, load_seed_maps
 from pipeline.classifier.models import load_classifier
-from stages.common import (CLASSIFIER, BOXES, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS, load_index,
-                           load_params, log, run)
+from pipeline.core import distributed
+from pipeline.core.config import ConfigError
+from pipeline.core.device import resolve_device, to_tensor
+from pipeline.core.errors import InputError
+from pipeline.core.io import atomic_dir, atomic_path, id_path, read_json, read_label_png, write_json
+from pipeline.core.metrics import (
+    BoxScore,
+    CamLocalizationScore,
+    MaxBoxAccScore,
+    PseudoLabelScore,
+    PxAPScore,
+    confusion_matrix,
+    iou_by_name,
+    iou_per_class,
+    mean_iou,
+    merge_scores,
+)
+from pipeline.data.export import VOC_SUBDIR
+from pipeline.evaluate.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
+from pipeline.evaluate.viz import heatmap_overlay, label_overlay, side_by_side
+from pipeline.masks.postprocess import BOX_SETS, foreground, threshold_sweep
+from stages.common import (
+    BOXES,
+    CLASSIFIER,
+    MASKS,
+    METRICS,
+    PLOTS,
+    PSEUDO_LABELS,
+    REFINED,
+    REPORTS,
+    SEEDS,
+    load_index,
+    load_params,
+    log,
+    run,
+)
 
 PSEUDO = PSEUDO_LABELS / VOC_SUBDIR / "SegmentationClass"
 REFINED_LABELS = REFINED / VOC_SUBDIR / "SegmentationClass"
@@ -66,14 +90,14 @@ def _evaluate(ev, cam_p, refine_p, index, info: distributed.DistInfo, device: to
     n = len(names)
     thresholds = np.round(np.arange(ev.bg_sweep_start, ev.bg_sweep_stop + 1e-9, ev.bg_sweep_step), 4)
     if thresholds.size == 0:
-        raise ValueError("evaluate: the bg sweep is empty (check bg_sweep_start/stop/step)")
+        raise ConfigError("evaluate: the bg sweep is empty (check bg_sweep_start/stop/step)")
     boxes_file = read_json(BOXES)
     boxes = boxes_file["images"]
 
     voc = index.dataset("eval")
     stale = [i for i in voc.ids if i not in boxes]
     if stale:
-        raise ValueError(f"{BOXES}: no boxes for {len(stale)} eval id(s), e.g. {', '.join(stale[:5])}; rerun postprocess")
+        raise InputError(f"{BOXES}: no boxes for {len(stale)} eval id(s), e.g. {', '.join(stale[:5])}; rerun postprocess")
     sweep = np.zeros((thresholds.size, n, n), np.int64)
     masks_cm = np.zeros((n, n), np.int64)
     pseudo = PseudoLabelScore(n)
@@ -197,7 +221,8 @@ def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, score
         **iou_by_name(seeds_iou, names),
     })
     masks_iou = iou_per_class(masks_cm)
-    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": bg_record["value"] if bg_record["mode"] != "otsu" else bg_record["median"],
+    bg_value = bg_record["value"] if bg_record["mode"] != "otsu" else bg_record["median"]
+    write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": bg_value,
                                           "bg_mode": bg_record["mode"], **iou_by_name(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
     write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **iou_by_name(pl_iou, names)})

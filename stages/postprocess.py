@@ -10,14 +10,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.core import distributed
 from pipeline.cam.methods import load_seed_maps
-from pipeline.core.config import AUTO
-from pipeline.data.voc import DatasetError, VOCDataset
+from pipeline.core import distributed
+from pipeline.core.config import AUTO, ConfigError
 from pipeline.core.io import id_path, write_json, write_label_png
 from pipeline.core.metrics import CamLocalizationScore
-from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, threshold_sweep)
+from pipeline.data.voc import DatasetError, VOCDataset
+from pipeline.masks.postprocess import (
+    CALIBRATION_GRID,
+    best_on_grid,
+    calibrate_bg,
+    foreground,
+    labels_at_threshold,
+    otsu_box_fractions,
+    otsu_threshold,
+    seeds_to_boxes,
+    threshold_sweep,
+)
 from stages.common import BOXES, MASKS, SEEDS, load_index, load_params, log, run
 
 
@@ -28,13 +37,13 @@ def _calibration_set(index, post, need_masks: bool) -> VOCDataset:
         raise DatasetError(f"postprocess.calibration_list: {err}") from None
     outside = sorted(set(voc.ids) - set(index.splits["train"]))
     if outside:
-        raise ValueError(f"postprocess.calibration_list: {len(outside)} id(s) are not in data.train_list (seeds are made "
+        raise ConfigError(f"postprocess.calibration_list: {len(outside)} id(s) are not in data.train_list (seeds are made "
                          f"for the training ids only), e.g. {', '.join(outside[:5])}")
     if not voc.ids:
-        raise ValueError(f"postprocess.calibration_list: {post.calibration_list} holds no id")
+        raise ConfigError(f"postprocess.calibration_list: {post.calibration_list} holds no id")
     no_mask = [str(voc.mask_path(i)) for i in voc.ids if not voc.has_mask(i)] if need_masks else []
     if no_mask:
-        raise ValueError(f"postprocess.calibration_list: bg auto needs a ground-truth mask for every id; {len(no_mask)} "
+        raise ConfigError(f"postprocess.calibration_list: bg auto needs a ground-truth mask for every id; {len(no_mask)} "
                          f"have none, e.g. {', '.join(no_mask[:3])}")
     return voc
 
@@ -71,7 +80,7 @@ def _calibrate(index, post) -> tuple[dict | None, dict | None]:
         try:
             value = best_on_grid(acc)
         except ValueError:
-            raise ValueError("postprocess.calibration_list: box_fraction auto needs ground-truth boxes (XML or masks); "
+            raise ConfigError("postprocess.calibration_list: box_fraction auto needs ground-truth boxes (XML or masks); "
                              "its images have none") from None
         box_record = {"mode": "calibration", "value": value, "calibration": {**where, "cam_loc_acc": acc}}
         log.info("box_fraction auto: %g, the best localization accuracy (%.4f) over the calibration images", value, max(acc))

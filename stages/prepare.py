@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from tqdm import tqdm
 
+from pipeline.core.config import BUILTIN_ROOT, NO_LIST, ConfigError
+from pipeline.core.io import atomic_dir, write_json
 from pipeline.data.coco import build_coco_view
 from pipeline.data.folder import build_view
 from pipeline.data.index import DatasetIndex, index_split
 from pipeline.data.synthetic import generate_dataset
-from pipeline.core.config import BUILTIN_ROOT, NO_LIST, ConfigError
 from pipeline.data.voc import DatasetError, VOCDataset, find_voc_root
-from pipeline.core.io import atomic_dir, write_json
 from stages.common import COCO_VIEW, FOLDER_VIEW, INDEX_FILE, load_params, log, run
 
 OUT = INDEX_FILE.parent
@@ -22,7 +21,7 @@ OUT = INDEX_FILE.parent
 def main() -> None:
     (data,) = load_params("data")
     if data.source not in ("builtin", "voc", "folder", "coco"):
-        raise ValueError(f"data.source: unknown source {data.source!r}; valid: builtin, voc, folder, coco")
+        raise ConfigError(f"data.source: unknown source {data.source!r}; valid: builtin, voc, folder, coco")
     given_labels, list_names = None, {}
     if data.source == "folder":
         given_labels = _folder_view(data)
@@ -59,24 +58,25 @@ def main() -> None:
             classes = voc.classes
             entries, dropped = index_split(voc, verify_images=data.verify_images, progress=tqdm)
             if dropped:
-                log.warning("%s list: skipped %d image(s) with no labels: %s%s", split, len(dropped), ", ".join(dropped[:10]), " ..." if len(dropped) > 10 else "")
+                log.warning("%s list: skipped %d image(s) with no labels: %s%s", split, len(dropped), ", ".join(dropped[:10]),
+                            " ..." if len(dropped) > 10 else "")
             splits[split] = list(entries)
             if split == "seg_val":  # the segment stage scores against these masks
                 no_mask = [voc.mask_path(i) for i in entries if not voc.has_mask(i)]
                 if no_mask:
-                    raise ValueError(f"data.seg_val_list: {len(no_mask)} held-out id(s) have no ground-truth mask, e.g. "
+                    raise ConfigError(f"data.seg_val_list: {len(no_mask)} held-out id(s) have no ground-truth mask, e.g. "
                                      f"{', '.join(map(str, no_mask[:3]))}")
             skipped[split] = dropped
             images.update(entries)
         missing = sorted(set(splits["eval"]) - set(splits["train"]))
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"data.eval_list: {len(missing)} id(s) are not in data.train_list (seeds and pseudo-labels are made "
                 f"for the training ids only), e.g. {', '.join(missing[:5])}"
             )
         shared = sorted(set(splits["seg_val"]) & set(splits["train"]))
         if shared:
-            raise ValueError(
+            raise ConfigError(
                 f"data.seg_val_list: {len(shared)} id(s) are also in data.train_list (the segmenter is scored on ids the "
                 f"classifier and the pseudo-labels never saw), e.g. {', '.join(shared[:5])}"
             )

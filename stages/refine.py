@@ -19,10 +19,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core import distributed
-from pipeline.data.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
-from pipeline.core.io import id_path, load_seeds, read_json, write_label_png
-from pipeline.refine.refiner import Refiner
 from pipeline.core.device import resolve_device
+from pipeline.core.io import id_path, load_seeds, read_json, write_label_png
+from pipeline.data.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
+from pipeline.refine.refiner import Refiner
 from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
 
 

@@ -21,10 +21,13 @@ from tqdm import tqdm
 
 from pipeline.core import distributed
 from pipeline.core.config import NO_LIST, SegmentParams
-from pipeline.data.index import DatasetIndex
-from pipeline.data.export import VOC_SUBDIR
+from pipeline.core.device import amp_dtype, resolve_device, seed_everything
+from pipeline.core.errors import InputError, MissingInputError
 from pipeline.core.io import atomic_path, id_path, read_json, write_json
 from pipeline.core.metrics import iou_by_name, iou_per_class, mean_iou
+from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
+from pipeline.data.export import VOC_SUBDIR
+from pipeline.data.index import DatasetIndex
 from pipeline.segment.segmenter import (
     SegmentationDataset,
     build_segmenter,
@@ -35,17 +38,15 @@ from pipeline.segment.segmenter import (
     weight_average,
     write_image_class_labels,
 )
-from pipeline.core.device import amp_dtype, resolve_device, seed_everything
-from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 from stages.common import (
     INDEX_FILE,
     PSEUDO_LABELS,
     REFINED,
     SEGMENT_METRICS,
     SEGMENT_REFERENCE_METRICS,
-    SELF_TRAINING_LABELS,
     SEGMENTER,
     SEGMENTER_REFERENCE,
+    SELF_TRAINING_LABELS,
     load_index,
     load_params,
     log,
@@ -82,14 +83,14 @@ def _labels_dir(label_source: str, export: str, index: DatasetIndex) -> Path | N
         voc = index.dataset("train")
         missing = [voc.mask_path(i) for i in voc.ids if not voc.has_mask(i)]
         if missing:
-            raise FileNotFoundError(f"segment.label_source gt: {len(missing)} training id(s) have no ground-truth mask, "
+            raise MissingInputError(f"segment.label_source gt: {len(missing)} training id(s) have no ground-truth mask, "
                                     f"e.g. {', '.join(map(str, missing[:3]))}")
         return None
     labels_dir = EXPORTED_LABELS[export] / VOC_SUBDIR / "SegmentationClass"
     missing = [id_path(labels_dir, i, ".png") for i in index.splits["train"] if not id_path(labels_dir, i, ".png").is_file()]
     if missing:
         stage = "crf" if export == "crf" else "refine"
-        raise FileNotFoundError(f"{missing[0]}: pseudo-label not found ({len(missing)} of {len(index.splits['train'])} missing); "
+        raise MissingInputError(f"{missing[0]}: pseudo-label not found ({len(missing)} of {len(index.splits['train'])} missing); "
                                 f"run the {stage} stage (refine.export: {export})")
     return labels_dir
 
@@ -97,7 +98,7 @@ def _labels_dir(label_source: str, export: str, index: DatasetIndex) -> Path | N
 def _segment(p: SegmentParams, export: str, index: DatasetIndex, info: distributed.DistInfo, device: torch.device,
              reference: bool) -> None:
     if "seg_val" not in index.splits:
-        raise ValueError(f"{INDEX_FILE}: no seg_val split (written before data.seg_val_list existed); rerun the prepare stage")
+        raise InputError(f"{INDEX_FILE}: no seg_val split (written before data.seg_val_list existed); rerun the prepare stage")
     distributed.check_global_batch(p.batch_size, info, "segment")
     label_source = "gt" if reference else p.label_source
     labels_dir = _labels_dir(label_source, export, index)

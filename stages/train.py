@@ -7,16 +7,16 @@ import time
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.core import distributed
+from dvclive import Live
 from pipeline.classifier.models import backbone_normalization, build_classifier
 from pipeline.classifier.train import ClassificationDataset, eval_transform, evaluate_map, train_augmentation
+from pipeline.core import distributed
 from pipeline.core.device import amp_dtype, resolve_device, seed_everything
-from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 from pipeline.core.io import atomic_path, write_json
+from pipeline.core.training import build_optimizer, make_train_loader, train_one_epoch
 from stages.common import CLASSIFIER, METRICS, load_index, load_params, log, run
 
 TRAIN_METRICS = METRICS / "train.json"

@@ -30,6 +30,7 @@ IMPORT_NAMES = {
     "tqdm": "tqdm",
     "scipy": "scipy.io",
     "pytest": "pytest",
+    "ruff": "ruff",
     "grad-cam": "pytorch_grad_cam",
     "segmentation-models-pytorch": "segmentation_models_pytorch",
     "pycocotools": "pycocotools.mask",

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pipeline.cam.methods import multiscale_cams
-from pipeline.core.config import TrainParams
 from pipeline.classifier.models import build_classifier
 from pipeline.classifier.train import evaluate_map
+from pipeline.core.config import TrainParams
 from pipeline.core.device import amp_dtype, resolve_device
 from pipeline.core.training import build_optimizer, train_one_epoch
 
@@ -114,7 +114,7 @@ def test_stages_on_cuda_match_the_cpu(tmp_path):
     """The tiny pipeline with ``device: auto`` runs on the GPU; seeds from its checkpoint
     computed by the ``cams`` stage on the GPU in float32 equal those computed on the CPU
     (stored float16), and with bf16 autocast stay close."""
-    from test_stages import TINY, run_stage, write_params
+    from conftest import TINY, run_stage, write_params
 
     def run_exact_stage(name):  # cuDNN convolutions default to TF32; this turns it off for the process
         env = {**os.environ, "NVIDIA_TF32_OVERRIDE": "0"}

@@ -12,35 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY, parse_report, run_stage, write_jpeg, write_params
 
 from pipeline.core.io import read_label_png, write_label_png
-
-from conftest import write_jpeg
-from test_report import parse_report
-
-TINY = {
-    "data": {"builtin": {"num_train": 24, "num_val": 8, "image_size": 64, "seed": 1}},
-    "model": {"backbone": "resnet18", "weights": "none"},
-    "train": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu"},
-    "cam": {"batch_size": 8, "device": "cpu", "scales": [1.0, 1.5], "flip": True},
-    "crf": {"processes": 2, "iterations": 3},
-    "affinity": {"epochs": 1, "batch_size": 8, "crop_size": 64, "device": "cpu", "processes": 2},
-    "refine": {"method": "rw", "crf": False, "device": "cpu", "steps": 64, "export": "refined"},
-    "evaluate": {"num_overlays": 2, "faithfulness": True, "faithfulness_versus": "gradcampp", "faithfulness_max_images": 4},
-    "segment": {"encoder": "tu-resnet10t", "decoder_channels": 64, "epochs": 12, "batch_size": 8, "crop_size": 64,
-                "scale_range": [0.75, 1.25], "lr": 0.003, "scales": [1.0], "flip": True, "device": "cpu"},
-}
-
-
-STAGES = ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "evaluate")
-
-
-def run_stage(cwd: Path, name: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def write_params(cwd: Path, params: dict) -> None:
-    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 def test_outputs_of_every_stage(pipeline_run):
@@ -130,7 +104,8 @@ def test_unknown_params_key_fails_before_writing(tmp_path):
 def test_unknown_backbone_lists_valid(tmp_path):
     write_params(tmp_path, {"model": {"backbone": "vgg99"}})
     (tmp_path / "data/prepared").mkdir(parents=True)
-    (tmp_path / "data/prepared/dataset.json").write_text(json.dumps({"root": ".", "classes": ["a"], "splits": {"train": [], "val": []}, "images": {}, "skipped": {}, "use_difficult": False}))
+    (tmp_path / "data/prepared/dataset.json").write_text(json.dumps(
+        {"root": ".", "classes": ["a"], "splits": {"train": [], "val": []}, "images": {}, "skipped": {}, "use_difficult": False}))
     result = run_stage(tmp_path, "train")
     assert result.returncode == 1 and "unknown backbone 'vgg99'; valid backbones:" in result.stderr
 
@@ -504,8 +479,8 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
         import dataclasses
 
         from pipeline.core.config import CrfParams
-        from pipeline.masks.crf import refine_mask
         from pipeline.data.voc import VOCDataset
+        from pipeline.masks.crf import refine_mask
 
         write_params(tmp_path, {**params, "refine": {**params["refine"], "crf": True}})
         result = run_stage(tmp_path, "refine")
@@ -529,7 +504,8 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
             np.testing.assert_array_equal(ignored[image_id], np.where(with_crf[image_id] == refined[image_id], refined[image_id], 255))
         write_params(tmp_path, {**params, "refine": {**params["refine"], "crf_changed": "ignore"}})
         result = run_stage(tmp_path, "refine")
-        assert result.returncode != 0 and "refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false" in result.stderr
+        message = "refine.crf_changed: ignore marks the pixels the dense CRF changed, but refine.crf is false"
+        assert result.returncode != 0 and message in result.stderr
     if method == "par":  # rw asked for with no trained network: one clear line
         write_params(tmp_path, TINY)
         result = run_stage(tmp_path, "refine")
@@ -611,8 +587,9 @@ def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     assert not {"outputs/pseudo_labels", "outputs/refined"} & set(ref["deps"])
     assert {"outputs/pseudo_labels", "outputs/refined", "metrics/segment_reference.json"} <= set(seg["deps"])
     assert "segment" not in ref["params"] and "segment.label_source" not in ref["params"]
-    from pipeline.core.config import SegmentParams
     import dataclasses
+
+    from pipeline.core.config import SegmentParams
 
     # self-training is part of the weak pipeline: the reference trains once on the true masks
     assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {"segment.label_source",

@@ -16,7 +16,8 @@ confidence is the class's sigmoid and every labelled class of an image counts.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -206,7 +207,7 @@ def _gradcampp(ctx: CamContext) -> torch.Tensor:
     # In float32 with autocast off, whatever the caller's autocast: a gradient through
     # global average pooling is W / (h w), about 1e-4 on a 64 x 64 map, and in float16
     # (smallest subnormal 6e-8) g^2 and g^3 flush to zero, so every alpha and every map
-    # was 0 under cam.amp fp16 (tests/test_cams.py); sum_ab A_ab can also pass float16's
+    # was 0 under cam.amp fp16 (tests/cam/test_cams.py); sum_ab A_ab can also pass float16's
     # 65504 on a large map. (bfloat16 keeps float32's range, but only 3 significant digits.)
     with _autocast_off(ctx.features.device):
         g = ctx.grads.float()
@@ -390,7 +391,8 @@ def _pad_class_ids(class_ids: Sequence | torch.Tensor, num_outputs: int, device:
     return padded, counts
 
 
-def _forward_to_layers(model: nn.Module, images: torch.Tensor, layers: Sequence[str] | None, need_grads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _forward_to_layers(model: nn.Module, images: torch.Tensor, layers: Sequence[str] | None,
+                       need_grads: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Feature maps at ``layers`` (or the model's last feature map) and the logits.
 
     Autograd is off below the first target layer and on from it upwards (when
@@ -601,7 +603,7 @@ def multiscale_cams(
     if method == "gradcam" and not layers and _linear_head(model) is not None:
         # Grad-CAM's gradient through global average pooling and one linear layer is W_c / (h w) at
         # every position: once scaled per position (below) its map is CAM's exactly, so CAM makes it
-        # without the backward pass (tests/test_cams.py checks the two against each other)
+        # without the backward pass (tests/cam/test_cams.py checks the two against each other)
         method = "cam"
     n, _, h, w = images.shape
     padded, counts = _pad_class_ids(class_ids, _num_outputs(model, images), images.device)

@@ -10,8 +10,8 @@ both run this function.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from pipeline.cam.methods import multiscale_cams
 from pipeline.core.config import CamParams
-from pipeline.data.index import DatasetIndex
-from pipeline.core.io import id_path, save_seeds
 from pipeline.core.device import amp_dtype, to_tensor
+from pipeline.core.io import id_path, save_seeds
+from pipeline.data.index import DatasetIndex
 
 __all__ = ["write_seeds"]
 

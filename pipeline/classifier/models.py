@@ -12,12 +12,15 @@ import dataclasses
 import pickle
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
+
+from pipeline.core.errors import InputError, MissingInputError, SetupError
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -28,6 +31,7 @@ __all__ = [
     "TimmClassifier",
     "register_backbone",
     "list_backbones",
+    "check_backbone",
     "build_classifier",
     "load_checkpoint",
     "load_feature_weights",
@@ -79,13 +83,21 @@ def _get_spec(name: str) -> BackboneSpec:
         ) from None
 
 
+def check_backbone(name: str, output_stride: int | None = None) -> None:
+    """Raise ``ValueError`` naming the valid choices when ``name`` is no backbone (a registered
+    name or ``timm:<a timm model>``) or does not run at ``output_stride``; builds nothing."""
+    spec = _get_spec(name)
+    if output_stride is not None and output_stride not in spec.strides:
+        raise ValueError(f"output_stride must be one of {spec.strides} for {name}, got {output_stride}")
+
+
 def _torchvision_net(name: str, weights: str) -> nn.Module:
     if weights != "imagenet":
         return torchvision.models.get_model(name, weights=None)
     try:
         return torchvision.models.get_model(name, weights="DEFAULT")
     except (OSError, RuntimeError, ValueError) as err:  # the hub download is what fails offline
-        raise RuntimeError(
+        raise SetupError(
             f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
             "model.weights to the path of the state_dict file"
         ) from err
@@ -105,7 +117,7 @@ def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: not found; {remedy}") from None
+        raise MissingInputError(f"{path}: not found; {remedy}") from None
     except Exception as err:  # noqa: BLE001 - damaged bytes surface as any exception of the unpickler
         # (seen: UnpicklingError, RuntimeError, EOFError, IndexError); all mean the same to the user
         if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
@@ -113,12 +125,12 @@ def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
         else:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's first sentence
             why = f"unreadable or truncated ({type(err).__name__}: {first[:160]})"
-        raise ValueError(f"{path}: cannot load: {why}; {remedy}") from None
+        raise InputError(f"{path}: cannot load: {why}; {remedy}") from None
 
 
 def _load_state_file(path: Path, key: str = "model.weights", names: str = "'imagenet', 'none'") -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"{key}: {path} is neither {names} nor an existing file")
+        raise MissingInputError(f"{key}: {path} is neither {names} nor an existing file")
     state = load_checkpoint(path, remedy=f"set {key} to a state_dict file saved by torch.save")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -129,7 +141,7 @@ def _load_strict(module: nn.Module, state: dict, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: does not match the backbone: {err}") from None
+        raise InputError(f"{path}: does not match the backbone: {err}") from None
 
 
 def load_feature_weights(module: nn.Module, path: str | Path, *, key: str) -> None:
@@ -306,7 +318,7 @@ def _timm_spec(name: str) -> BackboneSpec:
             try:
                 net = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
             except Exception as err:  # any hub failure; re-raised with what to do instead
-                raise RuntimeError(
+                raise SetupError(
                     f"cannot fetch pretrained weights for timm:{name} ({err}); set model.weights to a local state_dict"
                 ) from err
             return TimmClassifier(net)
@@ -402,14 +414,14 @@ def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     clear error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: classifier checkpoint not found (run the train stage)")
+        raise MissingInputError(f"{path}: classifier checkpoint not found (run the train stage)")
     ckpt = load_checkpoint(path, remedy="rerun the train stage (dvc repro -f train)")
     missing = [k for k in ("state_dict", "backbone", "output_stride", "classes", "mean", "std") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
+        raise InputError(f"{path}: not a classifier checkpoint of this pipeline (missing {', '.join(missing)}); rerun train")
     model = build_classifier(ckpt["backbone"], len(ckpt["classes"]), weights="none", output_stride=ckpt["output_stride"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
+        raise InputError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
     return model.to(device).eval(), ckpt

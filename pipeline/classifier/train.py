@@ -3,7 +3,7 @@ scores (the shared loop, optimizer and schedule are in :mod:`pipeline.core.train
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import albumentations as A
 import numpy as np

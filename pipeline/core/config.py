@@ -11,7 +11,10 @@ import dataclasses
 import re
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pipeline.core.errors import InputError
 
 __all__ = [
     "ConfigError",
@@ -26,6 +29,7 @@ __all__ = [
     "SegmentParams",
     "NO_LIST",
     "SEGMENT_ARCHITECTURES",
+    "SEGMENT_ENCODER_PREFIX",
     "AffinityParams",
     "RefineParams",
     "from_dict",
@@ -34,7 +38,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A parameter section has an unknown key, a missing key or a value of the wrong type."""
 
 
@@ -117,11 +121,13 @@ class TrainParams:
     weight_decay: float = field(1e-4, ge=0.0)
     momentum: float = field(0.9, ge=0.0, lt=1.0)
     schedule: str = field("poly", choices=("poly", "cosine", "constant"))
-    augment: str = field("resized_crop", choices=("resized_crop", "irn"))  # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
+    # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
+    augment: str = field("resized_crop", choices=("resized_crop", "irn"))
     num_workers: int = field(0, ge=0)  # DataLoader worker processes (pinned memory on CUDA)
     seed: int = field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
-    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))  # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
+    # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
+    amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))
     processes: int = field(1, ge=1)  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
 
 
@@ -251,13 +257,15 @@ class EvaluateParams:
     faithfulness: bool = True  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcampp"
     faithfulness_max_images: int = field(200, ge=1)
-    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README; confusion matrices and counts gathered
+    # >1: images sharded over this many processes (torchrun); several machines: README; confusion matrices and counts gathered
+    processes: int = field(1, ge=1)
 
 
 NO_LIST = "none"  # data.seg_val_list: no held-out set
 
 
 # segmentation_models_pytorch architectures the segment stage builds (checked again against the library)
+SEGMENT_ENCODER_PREFIX = "tu-"  # segment.encoder: smp's timm universal encoder, tu-<any timm model with features_only>
 SEGMENT_ARCHITECTURES = ("FPN", "DeepLabV3Plus", "DeepLabV3", "Unet", "UnetPlusPlus", "Linknet", "PSPNet", "PAN", "MAnet", "UPerNet")
 
 

@@ -4,10 +4,12 @@ that every step of the pipeline shares."""
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from pipeline.core.errors import SetupError
 
 __all__ = ["resolve_device", "amp_dtype", "seed_everything", "to_tensor"]
 
@@ -17,7 +19,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise SetupError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:<index>")
     return torch.device(name)

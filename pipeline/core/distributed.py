@@ -19,8 +19,9 @@ import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,7 +29,8 @@ import torch.distributed as dist
 from pipeline.core.io import atomic_dir
 from pipeline.core.parallel import default_processes
 
-__all__ = ["DistInfo", "check_global_batch", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block", "shared_atomic_dir",
+__all__ = ["DistInfo", "check_global_batch", "launch", "init", "shutdown", "session", "barrier", "broadcast_object", "shard", "block",
+           "shared_atomic_dir",
            "all_gather_object", "local_share", "data_parallel"]
 
 T = TypeVar("T")

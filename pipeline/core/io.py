@@ -15,11 +15,14 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from pipeline.core.errors import InputError, MissingInputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -58,7 +61,7 @@ log = logging.getLogger("wsl")
 _TMP_SUFFIX = ".tmp"
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(InputError):
     """An image id that cannot safely name a file (it would leave its folder, or is empty)."""
 
 
@@ -206,9 +209,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+        raise MissingInputError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise InputError(f"{path}: not valid JSON ({err})") from None
 
 
 def write_text_lines(path: str | os.PathLike, lines: Sequence[str]) -> None:
@@ -225,17 +228,17 @@ def read_id_file(path: str | os.PathLike) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: id list not found")
+        raise MissingInputError(f"{path}: id list not found")
     try:
         text = path.read_text()
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: id list is not UTF-8 text ({err})") from None
+        raise InputError(f"{path}: id list is not UTF-8 text ({err})") from None
     ids = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             ids.append(validate_id(line.split()[0], f"{path}:{number}"))
     if not ids:
-        raise ValueError(f"{path}: id list is empty")
+        raise InputError(f"{path}: id list is empty")
     return unique_ids(ids, str(path))
 
 
@@ -292,9 +295,9 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
                 )
             return np.array(image, dtype=np.uint8)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: label image not found") from None
+        raise MissingInputError(f"{path}: label image not found") from None
     except OSError as err:
-        raise ValueError(f"{path}: cannot read label image ({err})") from None
+        raise InputError(f"{path}: cannot read label image ({err})") from None
 
 
 # What PIL raises for a file that is not a readable image: truncated or foreign data, a
@@ -335,6 +338,6 @@ def load_seeds(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, tuple[i
             size = data["image_size"]
             return data["maps"], data["class_ids"], (int(size[0]), int(size[1]))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: seeds not found (run the cams stage)") from None
+        raise MissingInputError(f"{path}: seeds not found (run the cams stage)") from None
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a seeds file ({err}); rerun the cams stage") from None
+        raise InputError(f"{path}: not a seeds file ({err}); rerun the cams stage") from None

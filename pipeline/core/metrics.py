@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import ClassVar, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import ClassVar, TypeVar
 
 import cv2
 import numpy as np

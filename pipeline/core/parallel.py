@@ -7,9 +7,10 @@ import multiprocessing as mp
 import os
 import sys
 import types
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from itertools import islice
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 __all__ = ["default_processes", "parallel_map"]
 

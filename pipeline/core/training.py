@@ -4,7 +4,8 @@ the optimizer with a faster head, the learning-rate schedule, the sharded loader
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import albumentations as A
 import numpy as np

@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from pipeline.data.voc import IGNORE_INDEX, DatasetError, _annotation_xml
 from pipeline.core.io import atomic_path, id_path, read_id_file, validate_id, write_label_png, write_text_lines
 from pipeline.core.parallel import parallel_map
+from pipeline.data.voc import IGNORE_INDEX, DatasetError, _annotation_xml
 
 __all__ = ["instances_file", "coco_categories", "render_mask", "build_coco_view"]
 

@@ -38,14 +38,15 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.data.voc import DatasetError
+from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_dir, atomic_path, id_path, read_id_file, write_label_png, write_text_lines
+from pipeline.data.voc import DatasetError
 
 __all__ = ["Archive", "VOC2012_TRAINVAL", "SBD", "COCO", "DownloadError", "fetch", "extract", "install", "build_train_aug",
            "download_voc", "download_coco"]
@@ -54,7 +55,7 @@ log = logging.getLogger("wsl")
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(InputError, RuntimeError):
     """A download failed, was truncated, or does not match its checksum."""
 
 

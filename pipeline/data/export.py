@@ -29,9 +29,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from pipeline.core.errors import MissingInputError
 from pipeline.core.io import atomic_dir, read_json, write_text_lines
 from pipeline.core.paths import INDEX_FILE, REFINED, VIEW
 
@@ -67,7 +68,7 @@ def make_voc_view(labels_dir: Path, images_dir: Path, view_root: Path) -> Path:
     labels_dir, images_dir, view_root = Path(labels_dir), Path(images_dir), Path(view_root)
     for needed in (labels_dir / "SegmentationClass", labels_dir / "ImageSets", images_dir):
         if not needed.is_dir():
-            raise FileNotFoundError(f"{needed}: not found (run the crf stage, or check the dataset root)")
+            raise MissingInputError(f"{needed}: not found (run the crf stage, or check the dataset root)")
     with atomic_dir(view_root) as tmp:
         voc = tmp / VOC_SUBDIR
         voc.mkdir(parents=True)

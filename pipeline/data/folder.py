@@ -33,8 +33,8 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.data.voc import DatasetError
 from pipeline.core.io import IMAGE_SUFFIXES, validate_id
+from pipeline.data.voc import DatasetError
 
 __all__ = ["IMAGE_COLUMNS", "LABEL_COLUMNS", "ALL_IDS", "FolderLabels", "read_labels_file", "build_view"]
 

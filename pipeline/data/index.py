@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
-from pipeline.data.voc import DatasetError, VOCDataset
 from pipeline.core.io import InvalidIdError, validate_id
+from pipeline.data.voc import DatasetError, VOCDataset
 
 __all__ = ["index_split", "file_digest", "image_digest", "DatasetIndex"]
 
@@ -96,7 +96,7 @@ class DatasetIndex:
         }
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "dataset index") -> "DatasetIndex":
+    def from_dict(cls, data: dict, where: str = "dataset index") -> DatasetIndex:
         try:
             index = cls(
                 data["root"], data["classes"], data["splits"], data["images"], data["skipped"], data["use_difficult"]

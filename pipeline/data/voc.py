@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from pipeline.core.errors import InputError
 from pipeline.core.io import (
     IGNORE_INDEX,
     IMAGE_ERRORS,
@@ -60,7 +61,7 @@ VOC_CLASSES: tuple[str, ...] = (
 
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset file is missing, unreadable or inconsistent; the message names it."""
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from pipeline.cam.methods import guided_gradients, normalize_maps
+from pipeline.cam.methods import guided_gradients
 
 __all__ = ["PANELS", "worst_ids", "draw_boxes", "guided_gradcam_picture", "line_chart_svg",
            "bars_html", "confusion_html", "write_report"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.data.voc import IGNORE_INDEX
 from pipeline.core.io import voc_palette
+from pipeline.data.voc import IGNORE_INDEX
 
 __all__ = ["heatmap_overlay", "label_overlay", "side_by_side"]
 

@@ -16,6 +16,7 @@ import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels
 
 from pipeline.core.config import CrfParams
+from pipeline.core.errors import InputError
 from pipeline.data.voc import IGNORE_INDEX
 
 __all__ = ["POOL_CHUNKSIZE", "dense_crf", "refine_mask", "refine_files", "crf_label_pair"]
@@ -96,14 +97,14 @@ def refine_files(job: tuple[str, str, list[int], CrfParams]) -> np.ndarray:
     try:
         image = read_rgb(image_path)
     except IMAGE_ERRORS as err:
-        raise ValueError(f"{image_path}: cannot decode image ({err})") from None
+        raise InputError(f"{image_path}: cannot decode image ({err})") from None
     mask = read_label_png(mask_path)
     if mask.shape != image.shape[:2]:
-        raise ValueError(f"{mask_path}: mask {mask.shape} does not match image {image_path} {image.shape[:2]}")
+        raise InputError(f"{mask_path}: mask {mask.shape} does not match image {image_path} {image.shape[:2]}")
     try:
         return refine_mask(image, mask, np.asarray(class_ids), params)
     except ValueError as err:
-        raise ValueError(f"{mask_path}: {err}") from None
+        raise InputError(f"{mask_path}: {err}") from None
 
 
 def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +120,6 @@ def crf_label_pair(job: tuple[str, np.ndarray, np.ndarray, list[int], CrfParams]
     try:
         image = read_rgb(image_path)
     except IMAGE_ERRORS as err:
-        raise ValueError(f"{image_path}: cannot decode image ({err})") from None
+        raise InputError(f"{image_path}: cannot decode image ({err})") from None
     plain = dataclasses.replace(params, ignore_confidence=0.0, ignore_disagreement=False)
     return tuple(refine_mask(image, m, np.asarray(class_ids), plain) for m in (fg_mask, bg_mask))

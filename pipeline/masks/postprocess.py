@@ -21,7 +21,7 @@ background threshold without ground truth").
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -19,7 +19,7 @@ Where this differs from IRN's code, on purpose:
   evenly spaced points, each rounded to the nearest pixel (halves upwards). IRN
   takes every pixel of the bounding box within distance 1 of the line, a path up to
   twice as thick; the sampled path is the one the issue specifies and has a slow
-  reference that is easy to read (tests/test_affinity.py).
+  reference that is easy to read (tests/refine/test_affinity.py).
 * :class:`BoundaryNet` pads the image to a multiple of its coarsest stride, so every
   level's grid lines up exactly with the stride-4 output, and the flipped copy of
   :meth:`BoundaryNet.boundary` is flipped inside that padded frame (IRN flips the
@@ -29,7 +29,7 @@ Where this differs from IRN's code, on purpose:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -27,7 +27,7 @@ Where this differs from AFA's code, on purpose:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -30,8 +30,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from pipeline.refine.affinity import pair_offsets, pair_valid, path_max
 from pipeline.cam.methods import upsample_maps
+from pipeline.refine.affinity import pair_offsets, pair_valid, path_max
 
 __all__ = ["WALK_METHODS", "BACKGROUNDS", "neighbor_weights", "transition_matrix", "random_walk", "walk_labels", "background_plane",
            "walked_labels"]

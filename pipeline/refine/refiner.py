@@ -14,27 +14,27 @@ boundaries, and AFA's training-free PAR.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import albumentations as A
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.refine.affinity import BoundaryNet, affinity_loss
 from pipeline.cam.methods import upsample_maps
-from pipeline.core.config import CrfParams, RefineParams
-from pipeline.masks.crf import refine_mask
-from pipeline.data.voc import IGNORE_INDEX, VOCDataset
-from pipeline.core.io import id_path, read_label_png
 from pipeline.classifier.models import MultiLevelEncoder, build_classifier, load_checkpoint
-from pipeline.refine.par import par_labels
-from pipeline.masks.postprocess import image_bg
-from pipeline.refine.random_walk import background_plane, random_walk, walk_labels, walked_labels
+from pipeline.core.config import CrfParams, RefineParams
 from pipeline.core.device import to_tensor
+from pipeline.core.errors import InputError, MissingInputError
+from pipeline.core.io import id_path, read_label_png
 from pipeline.core.training import lr_factor
+from pipeline.data.voc import IGNORE_INDEX, VOCDataset
+from pipeline.masks.crf import refine_mask
+from pipeline.masks.postprocess import image_bg
+from pipeline.refine.affinity import BoundaryNet, affinity_loss
+from pipeline.refine.par import par_labels
+from pipeline.refine.random_walk import background_plane, random_walk, walk_labels, walked_labels
 
 __all__ = [
     "BOUNDARY_STRIDE",
@@ -96,7 +96,8 @@ class AffinityDataset(Dataset):
         image = self.voc.load_image(image_id)
         labels = read_label_png(id_path(self.labels_dir, image_id, ".png"))
         if labels.shape != image.shape[:2]:
-            raise ValueError(f"{id_path(self.labels_dir, image_id, '.png')}: labels {labels.shape} do not match the image {image.shape[:2]}; rerun the affinity stage")
+            raise InputError(f"{id_path(self.labels_dir, image_id, '.png')}: labels {labels.shape} do not match the image "
+                             f"{image.shape[:2]}; rerun the affinity stage")
         out = self.transform(image=image, mask=labels)
         return to_tensor(out["image"], self.mean, self.std), cell_labels(torch.from_numpy(out["mask"]).long())
 
@@ -199,11 +200,11 @@ def load_boundary_net(path, device: torch.device) -> tuple[BoundaryNet, dict]:
     """The boundary network the ``affinity`` stage saved, in eval mode, and its checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: boundary network not found (run the affinity stage)")
+        raise MissingInputError(f"{path}: boundary network not found (run the affinity stage)")
     ckpt = load_checkpoint(path, remedy="rerun the affinity stage (dvc repro -f affinity)")
     if not isinstance(ckpt, dict) or not ckpt.get("trained", False):
         why = ckpt.get("reason", "") if isinstance(ckpt, dict) else ""
-        raise ValueError(f"{path}: no trained boundary network ({why or 'not a checkpoint of the affinity stage'}); "
+        raise InputError(f"{path}: no trained boundary network ({why or 'not a checkpoint of the affinity stage'}); "
                          "set refine.method: rw and rerun the affinity stage")
     spec = ckpt["encoder"]
     classifier = build_classifier(spec["backbone"], spec["num_classes"], weights="none", output_stride=spec["output_stride"])
@@ -212,7 +213,7 @@ def load_boundary_net(path, device: torch.device) -> tuple[BoundaryNet, dict]:
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the boundary network ({str(err).splitlines()[0]}); rerun the affinity stage") from None
+        raise InputError(f"{path}: weights do not fit the boundary network ({str(err).splitlines()[0]}); rerun the affinity stage") from None
     return net.to(device).eval(), ckpt
 
 

@@ -35,27 +35,28 @@ import argparse
 import dataclasses
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.core.device import amp_dtype, resolve_device
+from pipeline.core.errors import InputError, MissingInputError
 from pipeline.core.io import IMAGE_ERRORS, IMAGE_SUFFIXES, atomic_path, read_image_size, read_rgb, write_label_png
 from pipeline.core.paths import SEGMENTER
-from pipeline.segment.segmenter import load_segmenter, segment_images
-from pipeline.core.device import amp_dtype, resolve_device
 from pipeline.evaluate.viz import label_overlay
+from pipeline.segment.segmenter import load_segmenter, segment_images
 
 __all__ = ["IMAGE_SUFFIXES", "BadImageError", "PredictSummary", "list_images", "predict_folder", "main"]
 
 log = logging.getLogger("wsl")
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An input file that cannot be read as an image; the message names it and says why."""
 
 
@@ -72,18 +73,18 @@ def list_images(folder: str | Path) -> list[Path]:
     folder and for two files that share a stem (their labels would overwrite each other)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: image folder not found" if not folder.exists() else f"{folder}: not a folder")
+        raise MissingInputError(f"{folder}: image folder not found" if not folder.exists() else f"{folder}: not a folder")
     files = sorted(p for p in folder.iterdir()
                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
     if not files:
-        raise FileNotFoundError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder (subfolders are not read)")
+        raise MissingInputError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder (subfolders are not read)")
     by_stem: dict[str, list[str]] = {}
     for path in files:
         by_stem.setdefault(path.stem, []).append(path.name)
     clashes = [names for names in by_stem.values() if len(names) > 1]
     if clashes:
         shown = "; ".join(" and ".join(names) for names in clashes[:5])
-        raise ValueError(f"{folder}: {len(clashes)} stem(s) shared by several images, whose labels would overwrite each other: "
+        raise InputError(f"{folder}: {len(clashes)} stem(s) shared by several images, whose labels would overwrite each other: "
                          f"{shown}; rename or move one of each")
     return files
 

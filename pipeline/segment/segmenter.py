@@ -14,27 +14,28 @@ background, ``c + 1`` for class ``c``, 255 ignored; probabilities ``(N, K, H, W)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import segmentation_models_pytorch as smp
 import timm
-from timm.utils import ModelEmaV3
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.core.config import SEGMENT_ARCHITECTURES, CrfParams
-from pipeline.masks.crf import refine_mask
-from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
+from pipeline.classifier.models import backbone_normalization, load_checkpoint, load_feature_weights
+from pipeline.core.config import SEGMENT_ARCHITECTURES, SEGMENT_ENCODER_PREFIX, ConfigError, CrfParams
+from pipeline.core.device import to_tensor
+from pipeline.core.errors import InputError
 from pipeline.core.io import id_path, read_label_png, write_label_png
 from pipeline.core.metrics import confusion_matrix
-from pipeline.classifier.models import backbone_normalization, load_checkpoint, load_feature_weights
-from pipeline.core.device import to_tensor
+from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
+from pipeline.masks.crf import refine_mask
 
 __all__ = [
     "ENCODER_PREFIX",
@@ -54,7 +55,7 @@ __all__ = [
     "load_segmenter",
 ]
 
-ENCODER_PREFIX = "tu-"  # smp's timm universal encoder: any timm model with features_only
+ENCODER_PREFIX = SEGMENT_ENCODER_PREFIX  # smp's timm universal encoder: any timm model with features_only
 # Every smp encoder reduces by at most 32, and smp refuses inputs whose sides it does not divide.
 INPUT_MULTIPLE = 32
 CHECKPOINT_KEYS = ("state_dict", "arch", "encoder", "decoder_channels", "num_classes", "class_names", "mean", "std", "scales", "flip", "crf")
@@ -80,7 +81,8 @@ def _decoder_kwargs(arch: str, channels: int) -> dict:
         return {}
     if arch == "FPN":  # smp's FPN puts a 32-group GroupNorm on half the width
         if channels % 64:
-            raise ValueError(f"segment.decoder_channels: FPN needs a multiple of 64 (its GroupNorm has 32 groups over half the width), got {channels}")
+            raise ConfigError("segment.decoder_channels: FPN needs a multiple of 64 (its GroupNorm has 32 groups over half the width), "
+                              f"got {channels}")
         return {"decoder_pyramid_channels": channels, "decoder_segmentation_channels": channels // 2}
     if arch in ("DeepLabV3", "DeepLabV3Plus", "PAN", "UPerNet"):
         return {"decoder_channels": channels}
@@ -88,7 +90,7 @@ def _decoder_kwargs(arch: str, channels: int) -> dict:
         return {"decoder_channels": tuple(max(channels >> i, 1) for i in range(5))}
     if arch == "PSPNet":
         return {"psp_out_channels": channels}
-    raise ValueError(f"segment.decoder_channels: {arch} has no decoder width to set; use 0")
+    raise ConfigError(f"segment.decoder_channels: {arch} has no decoder width to set; use 0")
 
 
 class Segmenter(nn.Module):
@@ -122,7 +124,7 @@ def build_segmenter(arch: str, encoder: str, num_classes: int, *, weights: str =
         decoder_channels: the decoder's width (0: smp's default for ``arch``).
     """
     if arch not in SEGMENT_ARCHITECTURES or arch.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise ValueError(f"segment.arch: unknown architecture {arch!r}; valid: {', '.join(SEGMENT_ARCHITECTURES)}")
+        raise ConfigError(f"segment.arch: unknown architecture {arch!r}; valid: {', '.join(SEGMENT_ARCHITECTURES)}")
     _timm_name(encoder)
     net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=num_classes,
                            **_decoder_kwargs(arch, decoder_channels))
@@ -163,9 +165,9 @@ def segment_augmentation(crop_size: int, scale_range: Sequence[float], *, fill: 
     """Random rescale in ``scale_range``, a ``crop_size`` crop (padded at a random place with
     ``fill``, the mean colour, and label 255 where the image is smaller) and a flip."""
     if len(scale_range) != 2 or scale_range[0] > scale_range[1]:
-        raise ValueError(f"segment.scale_range: expected [low, high] with low <= high, got {list(scale_range)}")
+        raise ConfigError(f"segment.scale_range: expected [low, high] with low <= high, got {list(scale_range)}")
     if crop_size % INPUT_MULTIPLE:
-        raise ValueError(f"segment.crop_size: {crop_size} is not a multiple of {INPUT_MULTIPLE} (the encoders' stride)")
+        raise ConfigError(f"segment.crop_size: {crop_size} is not a multiple of {INPUT_MULTIPLE} (the encoders' stride)")
     low, high = scale_range
     return A.Compose(
         [
@@ -376,14 +378,14 @@ def load_segmenter(path: str | Path, device: torch.device) -> tuple[Segmenter, d
     ckpt = load_checkpoint(path, remedy="rerun the segment stage (dvc repro -f segment)")
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise ValueError(f"{path}: not a segmenter checkpoint of this pipeline (missing {', '.join(missing)}); rerun the segment stage")
+        raise InputError(f"{path}: not a segmenter checkpoint of this pipeline (missing {', '.join(missing)}); rerun the segment stage")
     try:
         model = build_segmenter(ckpt["arch"], ckpt["encoder"], ckpt["num_classes"], decoder_channels=ckpt["decoder_channels"])
     except ValueError as err:
-        raise ValueError(f"{path}: {err}; rerun the segment stage") from None
+        raise InputError(f"{path}: {err}; rerun the segment stage") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit a {ckpt['arch']} on {ckpt['encoder']} ({str(err).splitlines()[0]}); "
+        raise InputError(f"{path}: weights do not fit a {ckpt['arch']} on {ckpt['encoder']} ({str(err).splitlines()[0]}); "
                          "rerun the segment stage") from None
     return model.to(device).eval(), ckpt

@@ -25,20 +25,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline.cam.methods import list_methods, multiscale_cams, upsample_maps
-from pipeline.core.io import atomic_dir, save_seeds, write_json, write_label_png
 from pipeline.classifier.models import load_classifier
+from pipeline.core.device import resolve_device, to_tensor
+from pipeline.core.errors import InputError
+from pipeline.core.io import atomic_dir, save_seeds, write_json, write_label_png
 from pipeline.core.paths import CLASSIFIER
 from pipeline.masks.postprocess import seeds_to_boxes, seeds_to_mask
 from pipeline.segment.predict import BadImageError, _image_size, _load_rgb, list_images
-from pipeline.core.device import resolve_device, to_tensor
 
 __all__ = ["DEFAULT_THRESHOLD", "predict_labels", "label_scores", "seeds_for_folder", "main"]
 
@@ -116,7 +117,7 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
     write_json(out / "boxes.json", {"box_fraction": box_fraction, "classes": classes, "images": boxes})
     log.info("seeds, masks and boxes of %d image(s) in %s (%d skipped)", len(found), out, len(skipped))
     if not found:
-        raise ValueError(f"{images_dir}: no image could be read")
+        raise InputError(f"{images_dir}: no image could be read")
     return found
 
 

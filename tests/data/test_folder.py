@@ -6,12 +6,11 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from conftest import run_stage, write_jpeg
 
-from conftest import write_jpeg
+from pipeline.core.io import read_label_png, write_label_png
 from pipeline.data.folder import build_view, read_labels_file
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.core.io import read_label_png, write_label_png
-from test_stages import run_stage
 
 
 def test_csv_with_a_labels_column_and_a_split(tmp_path):

@@ -2,41 +2,16 @@
 set made here from the built-in generator."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import yaml
+from conftest import coco_from_builtin, compressed, run_stage, runs
 from pycocotools import mask as mask_utils
 
+from pipeline.core.io import read_label_png
 from pipeline.data.coco import build_coco_view, render_mask
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.core.io import read_label_png
-from test_stages import run_stage
-
-
-def runs(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE, written out longhand: column-major run lengths, starting with a run of zeros."""
-    flat = [int(v) for column in mask.T for v in column]
-    counts, current, length = [], 0, 0
-    for v in flat:
-        if v == current:
-            length += 1
-        else:
-            counts.append(length)
-            current, length = v, 1
-    counts.append(length)
-    return {"counts": counts, "size": list(mask.shape)}
-
-
-def compressed(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"counts": rle["counts"].decode(), "size": rle["size"]}
-
-
-def box(mask: np.ndarray) -> list[float]:
-    ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
 
 
 def test_render_mask_paints_small_instances_over_large_and_crowds_as_void():
@@ -73,44 +48,8 @@ def test_render_mask_decodes_polygons_as_pycocotools_does():
     np.testing.assert_array_equal(got, np.where(reference, 5, 0).astype(np.uint8))
 
 
-def _coco_from_builtin(tmp_path, num_train=24, num_val=8):
-    """The built-in generator's images as a COCO folder: one annotation per class per image (an RLE of its pixels,
-    every other one a polygon-free compressed RLE), the masks' void borders as crowd regions, and category ids
-    that are not 1..K."""
-    from pipeline.data.synthetic import generate_dataset
-
-    voc = VOCDataset(generate_dataset(tmp_path / "gen", num_train=num_train, num_val=num_val, image_size=64, seed=3), "trainval")
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    cat_ids = [10 * (c + 1) + 3 for c in range(len(voc.classes))]
-    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(cat_ids, voc.classes)]
-    masks = {}
-    for split, ids in (("train2014", voc.ids[:num_train]), ("val2014", voc.ids[num_train:])):
-        (root / split).mkdir()
-        images, annotations = [], []
-        for n, image_id in enumerate(ids):
-            file_name = f"COCO_{split}_{n:012d}.jpg"
-            shutil.copyfile(voc.image_path(image_id), root / split / file_name)
-            mask = voc.load_mask(image_id)
-            masks[file_name[:-4]] = mask
-            images.append({"id": 1000 + n, "file_name": file_name, "height": mask.shape[0], "width": mask.shape[1]})
-            for c in np.unique(mask):
-                region = mask == c
-                if c == 0:
-                    continue
-                crowd = int(c == 255)
-                annotations.append({
-                    "id": len(annotations) + 1, "image_id": 1000 + n, "category_id": cat_ids[0] if crowd else cat_ids[c - 1],
-                    "segmentation": runs(region) if crowd or len(annotations) % 2 else compressed(region),
-                    "area": float(region.sum()), "bbox": box(region), "iscrowd": crowd,
-                })
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
-            {"images": images, "annotations": annotations, "categories": categories}))
-    return root, voc, masks
-
-
 def test_view_masks_labels_boxes_and_subsets(tmp_path):
-    root, voc, masks = _coco_from_builtin(tmp_path, num_train=6, num_val=3)
+    root, voc, masks = coco_from_builtin(tmp_path, num_train=6, num_val=3)
     subset = tmp_path / "some.txt"
     subset.write_text("COCO_val2014_000000000001\nCOCO_val2014_000000000002\n")
     view, classes, names = build_coco_view(root, tmp_path / "view", ["train2014", f"val2014:{subset}"], processes=1)
@@ -127,7 +66,7 @@ def test_view_masks_labels_boxes_and_subsets(tmp_path):
 
 
 def test_view_errors_name_the_file(tmp_path):
-    root, _, _ = _coco_from_builtin(tmp_path, num_train=2, num_val=1)
+    root, _, _ = coco_from_builtin(tmp_path, num_train=2, num_val=1)
     with pytest.raises(DatasetError, match=r"instances_test2014.json: no COCO instances file.*splits found: train2014, val2014"):
         build_coco_view(root, tmp_path / "v1", ["test2014"], processes=1)
     bad = tmp_path / "bad.txt"
@@ -142,7 +81,7 @@ def test_view_errors_name_the_file(tmp_path):
 
 
 def test_every_stage_runs_on_a_tiny_coco_set(tmp_path):
-    root, voc, masks = _coco_from_builtin(tmp_path)
+    root, voc, masks = coco_from_builtin(tmp_path)
     params = {
         "data": {"source": "coco", "root": str(root), "train_list": "train2014", "val_list": "val2014",
                  "eval_list": "train2014", "seg_val_list": "val2014", "processes": 2},

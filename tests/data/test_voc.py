@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+from conftest import write_jpeg, write_xml
 
+from pipeline.core.io import write_label_png
 from pipeline.data.index import index_split
 from pipeline.data.voc import VOC_CLASSES, DatasetError, VOCDataset, boxes_from_mask, find_voc_root, labels_from_mask
-from pipeline.core.io import write_label_png
-
-from conftest import write_jpeg, write_xml
 
 
 def test_finds_root_from_parent(voc_root, tmp_path):
@@ -118,7 +117,7 @@ def test_index_verifies_corrupt_image(voc_root):
         index_split(VOCDataset(voc_root, "train"), verify_images=True)
 
 
-SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "voc2012_sample"
+SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "voc2012_sample"
 
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason=f"real VOC sample not present at {SAMPLE} (optional data)")

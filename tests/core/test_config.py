@@ -110,7 +110,7 @@ def test_shipped_params_files_validate(name):
     from pipeline.core.device import amp_dtype
     from stages.common import SECTIONS
 
-    path = Path(__file__).resolve().parents[1] / name
+    path = Path(__file__).resolve().parents[2] / name
     sections = load_params(*SECTIONS, path=path)
     assert len(sections) == len(SECTIONS)
     _, model, train, cam = sections[:4]
@@ -132,7 +132,7 @@ def test_params_yaml_lists_every_key_with_the_dataclass_default():
 
     from stages.common import SECTIONS
 
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
     assert set(shipped) == set(SECTIONS)
 
     def check(cls, values, where):
@@ -171,7 +171,7 @@ def test_every_preset_writes_every_key_dvc_yaml_tracks(name):
 
     from stages.validate import check_tracked
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     assert check_tracked(repo / name, repo / "dvc.yaml") > 30
 
 
@@ -182,7 +182,7 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
 
     from stages.validate import check_tracked
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     raw = yaml.safe_load((repo / "params-voc-sample.yaml").read_text())
     del raw["segment"]["ema"], raw["data"]["root"]
     path = tmp_path / "params-voc-sample.yaml"
@@ -190,3 +190,54 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
     with pytest.raises(ConfigError, match=r"params-voc-sample.yaml: 2 key\(s\) that .*dvc.yaml tracks are missing.*"
                        r"data.root \(tracked by prepare\); segment.ema \(tracked by segment_reference\)"):
         check_tracked(path, repo / "dvc.yaml")
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("cam", "method", "gradcamm", r"params.yaml:cam.method: unknown CAM method 'gradcamm'; valid methods: .*gradcampp"),
+    ("evaluate", "faithfulness_versus", "gradcam+",
+     r"params.yaml:evaluate.faithfulness_versus: unknown CAM method 'gradcam\+'; valid methods: .*gradcam"),
+    ("model", "backbone", "resnet81", r"params.yaml:model.backbone: unknown backbone 'resnet81'; valid backbones: .*resnet18"),
+    ("model", "backbone", "timm:efficientnet_lite9", r"params.yaml:model.backbone: unknown timm model 'efficientnet_lite9'"),
+    ("affinity", "backbone", "resnet5", r"params.yaml:affinity.backbone: unknown backbone 'resnet5'"),
+    ("segment", "encoder", "tu-resnet1000", r"params.yaml:segment.encoder: unknown encoder 'tu-resnet1000'; valid: tu-<timm model name>"),
+    ("segment", "encoder", "resnet18", r"params.yaml:segment.encoder: unknown encoder 'resnet18'"),
+])
+def test_names_from_the_registries_are_checked_when_params_load(tmp_path, section, key, value, message):
+    """A typo in a name the library registers stops the validate stage (every stage loads all
+    sections), naming the key and the valid values, before anything trains."""
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({section: {key: value}}))
+    with pytest.raises(ConfigError, match=message):
+        load_params(path=path)
+    path.write_text("")
+    load_params(path=path)  # the defaults pass
+
+
+def test_an_output_stride_the_backbone_lacks_is_a_config_error(tmp_path, monkeypatch):
+    from pipeline.classifier import models
+
+    monkeypatch.setitem(models._BACKBONES, "stride32_only_for_test", models.BackboneSpec(build=None, strides=(32,)))
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  backbone: stride32_only_for_test\n  output_stride: 16\n")
+    with pytest.raises(ConfigError, match=r"model.backbone: output_stride must be one of \(32,\) for stride32_only_for_test, got 16"):
+        load_params(path=path)
+
+
+def test_run_prints_input_errors_in_one_line_and_keeps_the_traceback_of_a_bug(caplog):
+    from pipeline.core.errors import MissingInputError
+    from pipeline.data.voc import DatasetError
+    from stages.common import run
+
+    for error in (ConfigError("params.yaml:train.lr: bad"), DatasetError("x.xml: broken"), MissingInputError("seeds: not found")):
+        def main(error=error):
+            raise error
+        with pytest.raises(SystemExit) as exit_:
+            run(main)
+        assert exit_.value.code == 1 and str(error) in caplog.text
+
+    def bug():
+        raise ValueError("a shape mismatch inside the library")
+    with pytest.raises(ValueError, match="a shape mismatch"):  # not swallowed into one line
+        run(bug)

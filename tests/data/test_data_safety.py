@@ -18,15 +18,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_jpeg, write_xml
 from PIL import Image
 
+from pipeline.core.io import InvalidIdError, atomic_dir, atomic_path, id_path, read_id_file, validate_id, write_label_png
 from pipeline.data.index import DatasetIndex, file_digest, index_split
 from pipeline.data.voc import DatasetError, VOCDataset
-from pipeline.core.io import InvalidIdError, atomic_dir, atomic_path, id_path, read_id_file, validate_id, write_label_png
 
-from conftest import write_jpeg, write_xml
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ESCAPING = "../../../../../../../../escape/x"
 
 

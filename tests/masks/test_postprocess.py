@@ -3,9 +3,18 @@ import pytest
 import torch
 
 from pipeline.core.metrics import confusion_matrix
-
-from pipeline.masks.postprocess import (CALIBRATION_GRID, best_on_grid, calibrate_bg, foreground, labels_at_threshold,
-                                  otsu_box_fractions, otsu_threshold, seeds_to_boxes, seeds_to_mask, threshold_sweep)
+from pipeline.masks.postprocess import (
+    CALIBRATION_GRID,
+    best_on_grid,
+    calibrate_bg,
+    foreground,
+    labels_at_threshold,
+    otsu_box_fractions,
+    otsu_threshold,
+    seeds_to_boxes,
+    seeds_to_mask,
+    threshold_sweep,
+)
 
 
 def test_mask_argmax_with_background_plane():

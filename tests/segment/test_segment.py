@@ -10,16 +10,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.segment import predict
 from pipeline.core.config import SegmentParams
-from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, write_sample, write_voc_meta
 from pipeline.core.io import write_label_png
 from pipeline.core.metrics import iou_per_class, mean_iou
+from pipeline.core.training import build_optimizer, train_one_epoch
+from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, write_sample, write_voc_meta
+from pipeline.segment import predict
 from pipeline.segment.segmenter import (
     CHECKPOINT_KEYS,
     EMA_WARMUP_POWER,
@@ -34,7 +34,6 @@ from pipeline.segment.segmenter import (
     weight_average,
     write_image_class_labels,
 )
-from pipeline.core.training import build_optimizer, train_one_epoch
 
 CPU = torch.device("cpu")
 ARCH, ENCODER, WIDTH = "FPN", "tu-resnet10t", 64  # the smallest fast smp/timm pair (~0.1 s a step at 64x64 on one core)
@@ -148,7 +147,7 @@ def test_predict_probs_flip_mirrors_the_copies_back():
 def test_segment_images_keeps_to_each_images_classes():
     """classes=: each pixel takes the most probable of background and the image's own classes
     (a per-pixel loop over the allowed channels), never another class."""
-    model, k = ShapeRecorder(k=5), 5
+    model = ShapeRecorder(k=5)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
     classes = [(1,), (0, 3), ()]

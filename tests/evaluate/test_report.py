@@ -1,49 +1,11 @@
 """The report page: its parts against hand-made inputs, and the evaluate stage's page parsed."""
 
-from html.parser import HTMLParser
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import parse_report
 
 from pipeline.core.metrics import mean_iou as per_image_miou  # an image's mIoU: the dataset rule on its own confusion matrix
 from pipeline.evaluate.report import bars_html, confusion_html, draw_boxes, line_chart_svg, worst_ids, write_report
-
-
-class _Links(HTMLParser):
-    """Collects every <img src>, checks that tags close in order (void tags aside)."""
-
-    VOID = {"img", "meta", "br", "rect", "line", "polyline"}
-
-    def __init__(self):
-        super().__init__()
-        self.images, self.stack, self.svgs = [], [], 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-        if tag == "svg":
-            self.svgs += 1
-        if tag not in self.VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1] if self.stack else None}>"
-        self.stack.pop()
-
-
-def parse_report(path: Path) -> _Links:
-    parser = _Links()
-    parser.feed(path.read_text(encoding="utf-8"))
-    parser.close()
-    assert parser.stack == [], f"unclosed tags {parser.stack}"
-    return parser
 
 
 def test_per_image_miou_and_worst_ids():

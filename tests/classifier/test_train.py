@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.config import TrainParams
 from pipeline.classifier.models import build_classifier
+from pipeline.core.config import TrainParams
 from pipeline.core.device import resolve_device, to_tensor
 from pipeline.core.training import build_optimizer, lr_factor
 

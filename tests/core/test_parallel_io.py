@@ -55,7 +55,7 @@ def test_workers_do_not_reimport_what_the_main_module_imports(tmp_path, how):
             print(json.dumps({"parent": os.getpid(), "workers": workers}))
     """))
     log = tmp_path / "imports.log"
-    env = {**os.environ, "IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])}
+    env = {**os.environ, "IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[2])])}
     command = ["-m", "app.main_mod"] if how == "module" else [str(tmp_path / "app" / "main_mod.py")]
     out = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

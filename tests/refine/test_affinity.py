@@ -15,7 +15,6 @@ from pipeline.refine.affinity import (
     path_max,
 )
 
-
 # ---------------------------------------------------------------- confident_labels
 
 def test_confident_labels_hand_made():
@@ -132,7 +131,7 @@ def test_affinity_targets_brute_force():
     offsets = pair_offsets(3)
     bg_pos, fg_pos, neg = affinity_targets(labels[None], offsets)
     h, w = labels.shape
-    for name, got in (("bg", bg_pos), ("fg", fg_pos), ("neg", neg)):
+    for _name, got in (("bg", bg_pos), ("fg", fg_pos), ("neg", neg)):
         assert got.shape == (1, offsets.shape[0], h, w) and got.dtype == torch.float32
     for d, (dy, dx) in enumerate(offsets.tolist()):
         for y in range(h):

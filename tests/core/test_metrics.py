@@ -5,20 +5,20 @@ import pytest
 import torch
 
 from pipeline.core.metrics import (
-    merge_scores,
     BoxScore,
     CamLocalizationScore,
     MaxBoxAccScore,
-    PxAPScore,
     PseudoLabelScore,
+    PxAPScore,
     average_precision,
     cam_localization,
     confusion_matrix,
     greedy_match,
-    match_counts,
     iou_per_class,
+    match_counts,
     mean_average_precision,
     mean_iou,
+    merge_scores,
 )
 
 

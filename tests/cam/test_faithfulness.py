@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cam.methods import explain
 from pipeline.cam.faithfulness import FaithfulnessScore, compare_explanations, explanation_confidence
+from pipeline.cam.methods import explain
 from pipeline.classifier.models import build_classifier
 
 

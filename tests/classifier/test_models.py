@@ -28,7 +28,8 @@ def test_dilation_keeps_parameters_and_receptive_field():
 
 
 def test_unknown_backbone_lists_valid():
-    with pytest.raises(ValueError, match="unknown backbone 'resnet9'; valid backbones: resnet101, resnet18, resnet34, resnet50, vgg16, or timm:<name>"):
+    valid = "resnet101, resnet18, resnet34, resnet50, vgg16, or timm:<name>"
+    with pytest.raises(ValueError, match=f"unknown backbone 'resnet9'; valid backbones: {valid}"):
         build_classifier("resnet9", 2)
     assert {"resnet18", "resnet50"} <= set(list_backbones())
 

@@ -39,7 +39,7 @@ def test_seeds_for_a_folder(pipeline_run, tmp_path):
     t = float(np.median([p for v in labels["images"].values() for p in v["probabilities"].values()]))
     found = seeds_for_folder(classifier, images, tmp_path / "out2", threshold=t, scales=(1.0,), flip=False)
     written = json.loads((tmp_path / "out2/labels.json").read_text())["images"]
-    for image_id, v in written.items():
+    for v in written.values():
         assert v["classes"] == [c for c, p in v["probabilities"].items() if p >= t - 1e-4]
     # a corrupt file: an error naming it, or skipped with --skip-bad
     (images / "broken.jpg").write_bytes(b"not an image")

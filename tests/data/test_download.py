@@ -12,9 +12,9 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from pipeline.core.io import read_label_png, write_label_png
 from pipeline.data import download as dl
 from pipeline.data.voc import VOCDataset
-from pipeline.core.io import read_label_png, write_label_png
 
 
 class _Server:
@@ -181,7 +181,8 @@ def test_missing_file_is_a_clear_error(server, tmp_path):
 
 def test_corrupt_download_is_refused_and_nothing_extracted(server, archives, tmp_path):
     voc_tar, _ = archives
-    server.files[dl.VOC2012_TRAINVAL.filename] = voc_tar[:600] + bytes(b ^ 0xFF for b in voc_tar[600:700]) + voc_tar[700:]  # same length, bytes flipped
+    # same length, bytes flipped
+    server.files[dl.VOC2012_TRAINVAL.filename] = voc_tar[:600] + bytes(b ^ 0xFF for b in voc_tar[600:700]) + voc_tar[700:]
     dest = tmp_path / "data"
     with pytest.raises(dl.DownloadError, match="checksum mismatch"):
         dl.download_voc(dest, base_url=server.url, progress=False)
@@ -256,11 +257,11 @@ def _zip(entries: dict[str, bytes]) -> bytes:
 
 def test_download_coco_resumes_verifies_and_is_idempotent(server, tmp_path, monkeypatch):
     """COCO's three archives from a local server, into data/coco, then read by the COCO view."""
-    from test_coco import _coco_from_builtin
+    from conftest import coco_from_builtin
 
     from pipeline.data.coco import build_coco_view
 
-    source, _, _ = _coco_from_builtin(tmp_path / "src", num_train=3, num_val=2)
+    source, _, _ = coco_from_builtin(tmp_path / "src", num_train=3, num_val=2)
     files = {
         "train2014.zip": _zip({f"train2014/{p.name}": p.read_bytes() for p in (source / "train2014").iterdir()}),
         "val2014.zip": _zip({f"val2014/{p.name}": p.read_bytes() for p in (source / "val2014").iterdir()}),

@@ -1,5 +1,5 @@
 """postprocess.bg and box_fraction auto against the GT-tuned best, on the seeds of a finished run
-(the README's tables).
+(docs/own-data.md's tables).
 
 For the ``data.eval_list`` ids of the run in ``--run`` (a folder where ``dvc repro`` has run
 ``cams``), the seed masks are scored (one confusion matrix, void ignored) at every value of

@@ -41,8 +41,8 @@ from pipeline.core.metrics import confusion_matrix, mean_iou
 from pipeline.data.voc import IGNORE_INDEX
 from pipeline.masks.crf import refine_mask
 from pipeline.masks.postprocess import image_bg, seeds_to_mask
+from pipeline.refine.boundary import cell_labels
 from pipeline.refine.random_walk import background_plane, random_walk, walk_labels, walked_labels
-from pipeline.refine.refiner import cell_labels
 
 
 def oracle_boundary(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:

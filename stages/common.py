@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 from pipeline.core.config import (
-    SEGMENT_ENCODER_PREFIX,
     AffinityParams,
     CamParams,
     ConfigError,
@@ -88,41 +87,8 @@ def load_params(*names: str, path: Path = PARAMS_FILE) -> tuple[Any, ...]:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(unknown)}; valid sections: {', '.join(SECTIONS)}")
-    sections = {name: from_dict(cls, raw.get(name), f"{path}:{name}") for name, cls in SECTIONS.items()}
-    check_registries(sections, path)  # every section, not only those this stage reads
+    sections = {name: from_dict(cls, raw.get(name), f"{path}:{name}") for name, cls in SECTIONS.items()}  # every section
     return tuple(sections[n] for n in names)
-
-
-def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None:
-    """Names in the params that the library's registries define (CAM methods, backbones and
-    their output strides, timm encoders) checked before anything runs: a typo raises
-    :class:`ConfigError` naming the key and the valid values. Builds no network."""
-    from pipeline.cam.methods import list_methods
-    from pipeline.classifier.models import check_backbone
-
-    def backbone(key: str, name: str, stride: int) -> None:
-        try:
-            check_backbone(name, stride)
-        except ValueError as err:
-            raise ConfigError(f"{path}:{key}: {err}") from None
-
-    model, cam, affinity, evaluate, segment = (sections[n] for n in ("model", "cam", "affinity", "evaluate", "segment"))
-    backbone("model.backbone", model.backbone, model.output_stride)
-    if affinity.backbone != "classifier":
-        backbone("affinity.backbone", affinity.backbone, affinity.output_stride)
-    for key, method in (("cam.method", cam.method), ("evaluate.faithfulness_versus", evaluate.faithfulness_versus)):
-        if method not in list_methods():
-            raise ConfigError(f"{path}:{key}: unknown CAM method {method!r}; valid methods: {', '.join(list_methods())}")
-    encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
-    if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not _is_timm_model(encoder):
-        raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "
-                          f"{SEGMENT_ENCODER_PREFIX}<timm model name>, e.g. tu-resnet18, tu-efficientnet_lite0 (see timm.list_models())")
-
-
-def _is_timm_model(name: str) -> bool:
-    import timm
-
-    return timm.is_model(name)
 
 
 def load_index(path: Path = INDEX_FILE) -> DatasetIndex:

@@ -17,7 +17,7 @@ OUT = PSEUDO_LABELS
 
 
 def main() -> None:
-    """A pool of ``crf.processes`` workers; under torchrun (several machines: README) each
+    """A pool of ``crf.processes`` workers; under torchrun (several machines: docs/scaling.md) each
     rank takes a block of the ids with its own pool."""
     (crf_p, data_p) = load_params("crf", "data")
     with distributed.session(torch.device("cpu")) as (info, _):

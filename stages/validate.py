@@ -13,30 +13,48 @@ content changes only when a section appears or goes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import timm
 import yaml
 
-from pipeline.core.config import ConfigError, missing_tracked, tracked_params
+from pipeline.cam.methods import list_methods
+from pipeline.classifier.models import check_backbone
+from pipeline.core.config import SEGMENT_ENCODER_PREFIX, ConfigError, check_tracked
 from pipeline.core.io import write_json
 from stages.common import DVC_FILE, PARAMS_FILE, SECTIONS, load_params, log, run
 
 OUT = Path("data/params_checked.json")
 
 
-def check_tracked(params_file: Path = PARAMS_FILE, dvc_file: Path = DVC_FILE) -> int:
-    """Raise :class:`ConfigError` naming every key ``dvc_file`` tracks that ``params_file`` lacks;
-    return how many keys are tracked."""
-    tracked = tracked_params(yaml.safe_load(dvc_file.read_text()) or {}, params_file.name)
-    missing = missing_tracked(yaml.safe_load(params_file.read_text()) or {}, tracked)
-    if missing:
-        raise ConfigError(f"{params_file}: {len(missing)} key(s) that {dvc_file} tracks are missing (DVC needs each "
-                          f"written in the file; copy them from params.yaml): {'; '.join(missing)}")
-    return len(tracked)
+def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None:
+    """Names in the params that the library's registries define (CAM methods, backbones and
+    their output strides, timm encoders) checked before anything runs: a typo raises
+    :class:`ConfigError` naming the key and the valid values. Builds no network."""
+
+    def backbone(key: str, name: str, stride: int) -> None:
+        try:
+            check_backbone(name, stride)
+        except ValueError as err:
+            raise ConfigError(f"{path}:{key}: {err}") from None
+
+    model, cam, affinity, evaluate, segment = (sections[n] for n in ("model", "cam", "affinity", "evaluate", "segment"))
+    backbone("model.backbone", model.backbone, model.output_stride)
+    if affinity.backbone != "classifier":
+        backbone("affinity.backbone", affinity.backbone, affinity.output_stride)
+    for key, method in (("cam.method", cam.method), ("evaluate.faithfulness_versus", evaluate.faithfulness_versus)):
+        if method not in list_methods():
+            raise ConfigError(f"{path}:{key}: unknown CAM method {method!r}; valid methods: {', '.join(list_methods())}")
+    encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
+    if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not timm.is_model(encoder):
+        raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "
+                          f"{SEGMENT_ENCODER_PREFIX}<timm model name>, e.g. tu-resnet18, tu-efficientnet_lite0 (see timm.list_models())")
 
 
 def main() -> None:
-    load_params()  # validates every section, including those no stage reads now
-    tracked = check_tracked()
+    sections = dict(zip(SECTIONS, load_params(*SECTIONS)))  # every section, including those no stage reads now
+    check_registries(sections)
+    tracked = check_tracked(PARAMS_FILE, DVC_FILE)
     present = sorted(yaml.safe_load(PARAMS_FILE.read_text()) or {})
     write_json(OUT, {"file": str(PARAMS_FILE), "sections": present, "known": list(SECTIONS)})
     log.info("%s: %d section(s) valid, the %d key(s) %s tracks all present", PARAMS_FILE, len(present), tracked, DVC_FILE)

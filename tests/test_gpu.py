@@ -1,7 +1,7 @@
 """The CUDA paths: seeds, training and the stages on a GPU agree with the CPU.
 
 Every test here needs a CUDA device and is skipped without one (CI and the
-development machine have none; they ran on a lent H100, see the README's GPU
+development machine have none; they ran on a lent H100, see docs/scaling.md's GPU
 section). Comparisons in float32 turn TF32 off, so the GPU computes what the CPU
 does up to summation order; the autocast tests compare bf16 against float32.
 """
@@ -102,9 +102,9 @@ def test_training_on_cuda_learns(amp):
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     losses, step = [], 0
     for _ in range(8):
-        loss, step = train_one_epoch(model, loader, optimizer, schedule="constant", step=step, total_steps=32,
-                                     device=device, amp=dtype, scaler=scaler)
-        losses.append(loss)
+        terms, step = train_one_epoch(model, loader, optimizer, schedule="constant", step=step, total_steps=32,
+                                      device=device, amp=dtype, scaler=scaler)
+        losses.append(terms["loss"])
     assert all(np.isfinite(losses)) and losses[-1] < 0.5 * losses[0]
     assert next(model.parameters()).dtype == torch.float32  # autocast never casts the weights
     assert evaluate_map(model, loader, device, dtype) == pytest.approx(1.0)

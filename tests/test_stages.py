@@ -635,7 +635,7 @@ def test_segment_self_training_round_in_two_processes(pipeline_run, tmp_path):
     import dataclasses
 
     from pipeline.core.config import SegmentParams
-    from stages.segment import recipe_digest
+    from pipeline.segment.recipe import recipe_digest
 
     for sub in ("data/prepared", "outputs/pseudo_labels", "outputs/refined"):
         shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.config import ConfigError
 from pipeline.core.io import load_seeds
 
 __all__ = [
@@ -152,7 +153,7 @@ def _get_method(name: str) -> _Method:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown CAM method {name!r}; valid methods: {', '.join(list_methods())}") from None
+        raise ConfigError(f"unknown CAM method {name!r}; valid methods: {', '.join(list_methods())}") from None
 
 
 def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ def write_seeds(model: torch.nn.Module, mean: Sequence[float], std: Sequence[flo
     amp = amp_dtype(cam_p.amp, device)
     # the GPU takes a batch per call; the CPU one image per call: there a batch saves no kernel
     # launches and costs cache (4 VOC images of one size, 4 scales x flip: 1.34x the time of
-    # one by one, README "Performance")
+    # one by one, docs/performance.md)
     per_call = cam_p.batch_size if device.type == "cuda" else 1
     generator = torch.Generator()
     with tqdm(total=len(ids), desc=f"seeds ({cam_p.method})", unit="img", disable=not progress) as bar:

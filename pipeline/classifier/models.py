@@ -9,17 +9,16 @@ is all the CAM core needs.
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from pipeline.core.checkpoint import load_checkpoint
+from pipeline.core.config import ConfigError
 from pipeline.core.errors import InputError, MissingInputError, SetupError
 
 __all__ = [
@@ -33,7 +32,6 @@ __all__ = [
     "list_backbones",
     "check_backbone",
     "build_classifier",
-    "load_checkpoint",
     "load_feature_weights",
     "MultiLevelEncoder",
     "load_classifier",
@@ -78,7 +76,7 @@ def _get_spec(name: str) -> BackboneSpec:
     try:
         return _BACKBONES[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown backbone {name!r}; valid backbones: {', '.join(list_backbones())}, or timm:<name> for a timm model"
         ) from None
 
@@ -101,31 +99,6 @@ def _torchvision_net(name: str, weights: str) -> nn.Module:
             f"cannot fetch ImageNet weights for {name} ({err}); download them elsewhere and set "
             "model.weights to the path of the state_dict file"
         ) from err
-
-
-def load_checkpoint(path: str | Path, *, remedy: str) -> Any:
-    """``torch.load`` of tensors only (no code runs), with one clear line on failure.
-
-    A truncated, corrupt or foreign file (a pickle with classes in it, a file of another
-    program) raises ``ValueError`` naming the file, what was wrong in a few words, and
-    ``remedy`` (what to do: e.g. rerun the train stage), instead of torch's traceback,
-    whose advice to pass ``weights_only=False`` would run arbitrary code from the file.
-    """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():  # torch warns about the pickle protocol of a damaged file
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise MissingInputError(f"{path}: not found; {remedy}") from None
-    except Exception as err:  # noqa: BLE001 - damaged bytes surface as any exception of the unpickler
-        # (seen: UnpicklingError, RuntimeError, EOFError, IndexError); all mean the same to the user
-        if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err):
-            why = "it holds Python objects besides tensors (not a checkpoint of this pipeline)"
-        else:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's first sentence
-            why = f"unreadable or truncated ({type(err).__name__}: {first[:160]})"
-        raise InputError(f"{path}: cannot load: {why}; {remedy}") from None
 
 
 def _load_state_file(path: Path, key: str = "model.weights", names: str = "'imagenet', 'none'") -> dict:
@@ -310,7 +283,7 @@ def _timm_spec(name: str) -> BackboneSpec:
     import timm
 
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+        raise ConfigError(f"unknown timm model {name!r} (see timm.list_models())")
 
     def build(num_classes: int, weights: str, output_stride: int) -> nn.Module:
         kwargs = {} if output_stride == 32 else {"output_stride": output_stride}

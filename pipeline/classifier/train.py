@@ -1,9 +1,12 @@
-"""Multi-label classifier training: its augmentations, its dataset of image-level targets and its
-scores (the shared loop, optimizer and schedule are in :mod:`pipeline.core.training`)."""
+"""Multi-label classifier training (the ``train`` stage's work): its augmentations, its dataset
+of image-level targets, its scores, and :func:`train_classifier`, which runs the shared loop
+(:func:`pipeline.core.training.fit`) and saves the checkpoint the CAM step reads."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -11,8 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.core.device import to_tensor
+from pipeline.classifier.models import backbone_normalization, build_classifier
+from pipeline.core import distributed
+from pipeline.core.checkpoint import save_checkpoint
+from pipeline.core.config import ModelParams, TrainParams
+from pipeline.core.device import amp_dtype, seed_everything, to_tensor
 from pipeline.core.metrics import mean_average_precision
+from pipeline.core.paths import CLASSIFIER
+from pipeline.core.training import build_optimizer, fit, make_train_loader
+from pipeline.data.index import DatasetIndex
 from pipeline.data.voc import VOCDataset
 
 __all__ = [
@@ -22,6 +32,7 @@ __all__ = [
     "ClassificationDataset",
     "predict",
     "evaluate_map",
+    "train_classifier",
 ]
 
 
@@ -105,3 +116,37 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: tor
 def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None = None) -> float:
     scores, targets = predict(model, loader, device, amp)
     return mean_average_precision(scores, targets)
+
+
+def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetIndex, info: distributed.DistInfo,
+                     device: torch.device, *, out: Path = CLASSIFIER, live: Any = None) -> dict[str, float]:
+    """The multi-label classifier trained on the ``train`` ids (DDP under torchrun), its mAP on
+    the ``val`` ids after every epoch; rank 0 saves it to ``out`` with what the CAM step needs
+    (backbone, stride, classes, normalisation). Returns rank 0's last ``loss``, ``val_map`` and
+    the training ``seconds``; ``live``: a dvclive ``Live`` that gets both per epoch."""
+    distributed.check_global_batch(train_p.batch_size, info, "train")
+    generator = seed_everything(train_p.seed)  # the same initial weights on every rank
+    amp = amp_dtype(train_p.amp, device)
+    mean, std = backbone_normalization(model_p.backbone)
+    mean, std = model_p.mean or mean, model_p.std or std
+
+    model = build_classifier(model_p.backbone, len(index.classes), weights=model_p.weights, output_stride=model_p.output_stride)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    labels = {i: index.labels(i) for i in index.images}
+    fill = [255 * m for m in mean]  # padding in the mean colour: zero after normalisation
+    augment = train_augmentation(train_p.crop_size, seed=train_p.seed + info.rank, kind=train_p.augment, fill=fill)
+    train_set = ClassificationDataset(index.dataset("train"), labels, augment, mean, std)
+    val_set = ClassificationDataset(index.dataset("val"), labels, eval_transform(train_p.crop_size), mean, std)
+    loader_kw = dict(num_workers=train_p.num_workers, pin_memory=device.type == "cuda", persistent_workers=train_p.num_workers > 0)
+    train_loader, sampler = make_train_loader(train_set, batch_size=train_p.batch_size, info=info, seed=train_p.seed, generator=generator,
+                                              num_workers=train_p.num_workers, device=device)
+    val_loader = DataLoader(val_set, batch_size=train_p.batch_size, shuffle=False, **loader_kw)
+
+    optimizer = build_optimizer(model, train_p)
+    metrics, seconds = fit(distributed.data_parallel(model, info, device), train_loader, optimizer, epochs=train_p.epochs,
+                           schedule=train_p.schedule, device=device, info=info, sampler=sampler, amp=amp,
+                           evaluate=lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}, live=live)
+    if info.is_main:
+        save_checkpoint(out, {"state_dict": model.state_dict(), "backbone": model_p.backbone, "output_stride": model_p.output_stride,
+                              "classes": list(index.classes), "mean": list(mean), "std": list(std)})
+    return {"loss": metrics["loss"], "val_map": metrics.get("val_map", float("nan")), "seconds": seconds}

@@ -12,7 +12,10 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from pipeline.core.errors import InputError
 
@@ -35,6 +38,7 @@ __all__ = [
     "from_dict",
     "tracked_params",
     "missing_tracked",
+    "check_tracked",
 ]
 
 
@@ -157,7 +161,7 @@ class PostprocessParams:
     bg: float | str = field(0.5, **UNIT)  # a threshold, or "auto": from calibration_list when set, else each image's Otsu
     box_fraction: float | str = field(0.5, **UNIT)  # a fraction of the map's peak, or "auto" (as bg, on the boxes)
     calibration_list: str = ""  # auto: ids with ground truth (a list name or a file; all in data.train_list); "": none
-    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: docs/scaling.md
 
     def __post_init__(self) -> None:
         for key in ("bg", "box_fraction"):
@@ -185,7 +189,7 @@ class CrfParams:
 @dataclasses.dataclass(frozen=True)
 class AffinityParams:
     """The boundary (inter-pixel affinity) network of the ``rw`` refinement (``affinity``);
-    defaults are IRN's (Ahn et al., CVPR 2019), scaled where our data is smaller (README)."""
+    defaults are IRN's (Ahn et al., CVPR 2019), scaled where our data is smaller (docs/)."""
 
     backbone: str = "classifier"  # classifier: the trained classifier's backbone; or a name as model.backbone
     weights: str = "none"  # for a named backbone: imagenet | none | path to a state_dict
@@ -195,7 +199,7 @@ class AffinityParams:
     freeze_backbone: bool = True  # IRN trains only the boundary branch on a frozen backbone
     width: int = field(32, ge=4)  # channels of each level in the boundary branch (IRN: 32)
     labels: str = field("crf", choices=("confident", "crf"))  # confident: IRN's two-CRF labels (below) | crf: the
-    # crf stage's pseudo-labels (255 where the CRF is unsure), every pixel a training pair end (README)
+    # crf stage's pseudo-labels (255 where the CRF is unsure), every pixel a training pair end (docs/)
     fg_bg: float = field(0.30, **UNIT)  # IRN conf_fg_thres: bg plane of the CRF whose classes are confident
     bg_bg: float = field(0.05, **UNIT)  # IRN conf_bg_thres: bg plane of the CRF whose background is confident
     label_crf: bool = True  # IRN: both masks through the dense CRF; false: the thresholded seed masks as they are
@@ -220,7 +224,7 @@ class RefineParams:
     """Refinement of the seeds beyond the CRF (``refine``): ``rw`` (IRN's random walk over
     the learnt boundaries), ``par`` (AFA's training-free pixel-adaptive refinement) or ``none``."""
 
-    method: str = field("par", choices=("rw", "par", "none"))  # par: no training (the built-in default: README); rw on real images
+    method: str = field("par", choices=("rw", "par", "none"))  # par: no training (the built-in default: docs/refinement.md); rw on real images
     export: str = field("refined", choices=("crf", "refined"))  # which labels outputs/voc_view links (and segment trains on)
     radius: int = field(5, ge=2)  # IRN: transition within 5 cells at inference
     beta: float = field(10.0, gt=0.0)  # IRN: affinity ** 10
@@ -237,7 +241,7 @@ class RefineParams:
     crf_changed: str = field("keep", choices=("keep", "ignore"))  # with crf: where the CRF changed the rw / par
     # label, keep its label | ignore: 255 there (the segmenter learns only where both agree)
     device: str = "auto"
-    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: README
+    processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun); several machines: docs/scaling.md
 
     def __post_init__(self) -> None:
         if self.crf_changed == "ignore" and not self.crf:
@@ -257,7 +261,7 @@ class EvaluateParams:
     faithfulness: bool = True  # Average Drop / Increase in Confidence / Win (Grad-CAM++ paper)
     faithfulness_versus: str = "gradcampp"
     faithfulness_max_images: int = field(200, ge=1)
-    # >1: images sharded over this many processes (torchrun); several machines: README; confusion matrices and counts gathered
+    # >1: images sharded over this many processes (torchrun); several machines: docs/scaling.md; confusion matrices and counts gathered
     processes: int = field(1, ge=1)
 
 
@@ -439,3 +443,14 @@ def missing_tracked(raw: Mapping[str, Any], tracked: Mapping[str, list[str]]) ->
                 break
             node = node[part]
     return missing
+
+
+def check_tracked(params_file: Path, dvc_file: Path) -> int:
+    """Raise :class:`ConfigError` naming every key ``dvc_file`` tracks that ``params_file`` lacks;
+    return how many keys are tracked."""
+    tracked = tracked_params(yaml.safe_load(dvc_file.read_text()) or {}, params_file.name)
+    missing = missing_tracked(yaml.safe_load(params_file.read_text()) or {}, tracked)
+    if missing:
+        raise ConfigError(f"{params_file}: {len(missing)} key(s) that {dvc_file} tracks are missing (DVC needs each "
+                          f"written in the file; copy them from params.yaml): {'; '.join(missing)}")
+    return len(tracked)

@@ -3,7 +3,7 @@
 A stage asks for ``processes > 1`` in its params; :func:`launch` then re-runs the same
 module under ``torchrun --standalone --nproc_per_node=N`` and waits for it, so ``dvc
 repro`` needs no other command. On several machines the user starts torchrun on each
-(``--nnodes``, a c10d rendezvous; README, "Several machines"), and :func:`launch` steps
+(``--nnodes``, a c10d rendezvous; docs/scaling.md), and :func:`launch` steps
 aside. Inside, :func:`init` joins the process group: NCCL on CUDA (one GPU per process,
 by local rank), gloo on the CPU, so every multi-process path also runs, and is tested, on
 a machine without a GPU. Each rank takes a shard of the images (:func:`shard` or

@@ -1,9 +1,12 @@
-"""The pieces of a training run that the classifier, the affinity network and the segmenter share:
-the optimizer with a faster head, the learning-rate schedule, the sharded loader and one epoch."""
+"""The training loop that the classifier, the boundary network and the segmenter share
+(:func:`fit`), and its pieces: the optimizer with a faster head, the learning-rate schedule,
+the sharded loader and one epoch."""
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
 
 from pipeline.core.distributed import DistInfo
 
-__all__ = ["build_optimizer", "lr_factor", "make_train_loader", "train_one_epoch"]
+__all__ = ["build_optimizer", "lr_factor", "make_train_loader", "train_one_epoch", "fit"]
+
+log = logging.getLogger("wsl")
 
 
 def build_optimizer(model: nn.Module, params: Any) -> torch.optim.Optimizer:
@@ -99,20 +105,22 @@ def train_one_epoch(
     progress: Callable | None = None,
     amp: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     after_step: Callable[[int], None] | None = None,
-) -> tuple[float, int]:
-    """One pass over ``loader``; returns the mean loss and the step count after it.
+) -> tuple[dict[str, float], int]:
+    """One pass over ``loader``; returns the mean loss terms (``loss`` and any parts the
+    criterion reports) and the step count after it.
 
     ``amp``: autocast dtype (None: full precision); with float16 pass a ``scaler``.
-    ``criterion(logits, targets)``: the loss on float32 logits; default BCE-with-logits
-    (the multi-label classifier).
+    ``criterion(logits, targets)``: the loss on float32 logits, or ``(loss, {name: part})``;
+    default BCE-with-logits (the multi-label classifier).
     ``after_step(step)``: called after each optimizer step with the steps taken so far
     (an average of the weights updates there).
     """
     model.train()
     criterion = criterion or nn.BCEWithLogitsLoss()
-    total_loss, seen = 0.0, 0
+    sums: dict[str, float] = {}
+    seen = 0
     batches = progress(loader) if progress else loader
     for images, targets in batches:
         for group in optimizer.param_groups:
@@ -121,7 +129,8 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(images)
-        loss = criterion(logits.float(), targets)
+        out = criterion(logits.float(), targets)
+        loss, parts = out if isinstance(out, tuple) else (out, {})
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -133,8 +142,61 @@ def train_one_epoch(
         step += 1
         if after_step is not None:
             after_step(step)
-        total_loss += loss.item() * images.shape[0]
-        seen += images.shape[0]
+        n = images.shape[0]
+        seen += n
+        for name, value in {"loss": loss, **parts}.items():
+            sums[name] = sums.get(name, 0.0) + (value.item() if isinstance(value, torch.Tensor) else float(value)) * n
         if progress:
             batches.set_postfix(loss=f"{loss.item():.4f}")
-    return total_loss / max(seen, 1), step
+    return {name: total / max(seen, 1) for name, total in sums.items()} or {"loss": float("nan")}, step
+
+
+def fit(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    schedule: str,
+    device: torch.device,
+    info: DistInfo,
+    sampler: DistributedSampler | None = None,
+    amp: torch.dtype | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    live: Any = None,
+    name: str = "",
+) -> tuple[dict[str, float], float]:
+    """The training loop of every network the pipeline trains: ``epochs`` passes of
+    :func:`train_one_epoch` over ``loader`` (reshuffled per epoch under DDP through ``sampler``),
+    the learning rate on ``schedule`` over all the steps, a float16 gradient scaler when ``amp``
+    is float16, a progress bar and one log line per epoch on rank 0.
+
+    ``evaluate()``: called on rank 0 after each epoch; its scores join the epoch's line.
+    ``live``: a dvclive ``Live`` (rank 0) that gets every term and score per epoch.
+    Returns the last epoch's mean loss terms (and scores) and the seconds the loop took.
+    """
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    total_steps, step = epochs * len(loader), 0
+    metrics: dict[str, float] = {"loss": float("nan")}
+    prefix = f"{name} " if name else ""
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        desc = f"{prefix}epoch {epoch + 1}/{epochs}"
+        bar = lambda it: tqdm(it, desc=desc, unit="batch", leave=False, disable=not info.is_main)
+        metrics, step = train_one_epoch(model, loader, optimizer, schedule=schedule, step=step, total_steps=total_steps,
+                                        device=device, progress=bar, amp=amp, scaler=scaler, criterion=criterion,
+                                        after_step=after_step)
+        if not info.is_main:  # the other ranks go on and wait for rank 0 at the next gradient exchange
+            continue
+        if evaluate is not None:
+            metrics = {**metrics, **evaluate()}
+        if live is not None:
+            for key, value in metrics.items():
+                live.log_metric(key, value)
+            live.next_step()
+        log.info("%s: %s", desc, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics, time.perf_counter() - start

@@ -15,7 +15,7 @@ calibration list of ids that have masks, the grid value of best mIoU over them
 none, each image's own Otsu threshold of its foreground score (:func:`otsu_threshold`:
 no parameter at all). ``box_fraction: auto`` likewise: the grid value of best CAM-paper
 localization accuracy over the calibration ids' boxes, or each class map's Otsu
-threshold of the map over its peak (:func:`otsu_box_fractions`). Measured on the 240-image VOC sample in the README ("Choosing the
+threshold of the map over its peak (:func:`otsu_box_fractions`). Measured on the 240-image VOC sample in docs/own-data.md ("Choosing the
 background threshold without ground truth").
 """
 

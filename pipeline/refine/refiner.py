@@ -1,145 +1,36 @@
-"""Refinement beyond the CRF, the pieces the ``affinity`` and ``refine`` stages put together:
-IRN's boundary network trained on confident seed labels, the random walk over its
-boundaries, and AFA's training-free PAR.
-
-* Training data (:class:`AffinityDataset`): each image with IRN's confident labels
-  (:func:`pipeline.refine.affinity.confident_labels` of two CRFs of the seeds), augmented as
-  IRN does (random rescale, flip, crop padded with the mean colour and label 255),
-  the label taken at the centre of every stride-4 cell.
-* Training (:func:`train_boundary_epoch`): IRN's affinity loss over pixel pairs within
-  ``radius`` cells (:func:`pipeline.refine.affinity.affinity_loss`).
-* Inference (:func:`refine_with_walk`, :func:`refine_with_par`): per image, on the device.
+"""The ``refine`` stage's work: the seeds of each image refined by the random walk over the
+trained boundary network's boundaries (:func:`refine_with_walk`, IRN) or by AFA's training-free
+PAR (:func:`refine_with_par`), per image on the device, and the :class:`Refiner` that applies
+either to every training id. The boundary network is trained by :mod:`pipeline.refine.boundary`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from pipeline.cam.methods import upsample_maps
-from pipeline.classifier.models import MultiLevelEncoder, build_classifier, load_checkpoint
+from pipeline.classifier.models import MultiLevelEncoder, build_classifier
+from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.config import CrfParams, RefineParams
 from pipeline.core.device import to_tensor
 from pipeline.core.errors import InputError, MissingInputError
-from pipeline.core.io import id_path, read_label_png
-from pipeline.core.training import lr_factor
-from pipeline.data.voc import IGNORE_INDEX, VOCDataset
 from pipeline.masks.crf import refine_mask
 from pipeline.masks.postprocess import image_bg
-from pipeline.refine.affinity import BoundaryNet, affinity_loss
+from pipeline.refine.affinity import BoundaryNet
 from pipeline.refine.par import par_labels
 from pipeline.refine.random_walk import background_plane, random_walk, walk_labels, walked_labels
 
 __all__ = [
-    "BOUNDARY_STRIDE",
-    "affinity_augmentation",
-    "cell_labels",
-    "AffinityDataset",
-    "train_boundary_epoch",
     "refine_with_walk",
     "refine_with_par",
     "load_boundary_net",
     "Refiner",
 ]
-
-BOUNDARY_STRIDE = 4  # the boundary map and the walk live at 1/4 of the image (IRN)
-
-
-def affinity_augmentation(crop_size: int, scale_range: Sequence[float], fill: Sequence[float], seed: int | None = None) -> A.Compose:
-    """IRN's augmentation of the boundary network's training images (step/train_irn.py):
-    a random rescale (IRN: long side 320-640, about 0.64-1.28 of a VOC image), a flip, and
-    a random ``crop_size`` crop, padded where the image is smaller with the mean colour
-    ``fill`` and label 255, so padding never makes a training pair."""
-    lo, hi = (scale_range[0], scale_range[-1])
-    if not 0 < lo <= hi:
-        raise ValueError(f"scale_range must be positive and ascending, got {list(scale_range)}")
-    return A.Compose(
-        [
-            A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), p=1.0),
-            A.HorizontalFlip(p=0.5),
-            A.PadIfNeeded(crop_size, crop_size, position="random", border_mode=0, fill=tuple(fill), fill_mask=IGNORE_INDEX),
-            A.RandomCrop(crop_size, crop_size),
-        ],
-        seed=seed,
-    )
-
-
-def cell_labels(labels: torch.Tensor, stride: int = BOUNDARY_STRIDE) -> torch.Tensor:
-    """``(..., H, W)`` labels -> ``(..., ceil(H / stride), ceil(W / stride))``: the label at the
-    centre pixel of each cell (255 where the centre falls outside the image), the same
-    cell-centre placement as :func:`pipeline.cam.methods.upsample_maps`."""
-    h, w = labels.shape[-2:]
-    hc, wc = -(-h // stride), -(-w // stride)
-    padded = torch.nn.functional.pad(labels, (0, wc * stride - w, 0, hc * stride - h), value=IGNORE_INDEX)
-    return padded[..., stride // 2 :: stride, stride // 2 :: stride]
-
-
-class AffinityDataset(Dataset):
-    """Images with their confident labels (``labels_dir/<id>.png``), augmented; items are
-    ``(image (3, S, S) normalised, labels (S / 4, S / 4) long)`` for crop size ``S``."""
-
-    def __init__(self, voc: VOCDataset, labels_dir, transform: A.Compose, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.voc, self.labels_dir, self.transform = voc, labels_dir, transform
-        self.mean, self.std = mean, std
-
-    def __len__(self) -> int:
-        return len(self.voc)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image_id = self.voc.ids[index]
-        image = self.voc.load_image(image_id)
-        labels = read_label_png(id_path(self.labels_dir, image_id, ".png"))
-        if labels.shape != image.shape[:2]:
-            raise InputError(f"{id_path(self.labels_dir, image_id, '.png')}: labels {labels.shape} do not match the image "
-                             f"{image.shape[:2]}; rerun the affinity stage")
-        out = self.transform(image=image, mask=labels)
-        return to_tensor(out["image"], self.mean, self.std), cell_labels(torch.from_numpy(out["mask"]).long())
-
-
-def train_boundary_epoch(
-    net: BoundaryNet,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    offsets: torch.Tensor,
-    *,
-    step: int,
-    total_steps: int,
-    device: torch.device,
-    amp: torch.dtype | None = None,
-    progress: Callable | None = None,
-) -> tuple[dict[str, float], int]:
-    """One pass of IRN's affinity loss with a poly schedule; returns the mean loss terms
-    (``loss``, ``bg_pos``, ``fg_pos``, ``neg``) and the step count after the pass."""
-    net.train()
-    offsets = offsets.to(device)
-    sums: dict[str, float] = {}
-    seen = 0
-    batches = progress(loader) if progress else loader
-    for images, labels in batches:
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * lr_factor("poly", step, total_steps)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = net(images)
-        loss, parts = affinity_loss(torch.sigmoid(logits.float()), labels, offsets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        n = images.shape[0]
-        seen += n
-        for name, value in {"loss": loss, **parts}.items():
-            sums[name] = sums.get(name, 0.0) + float(value) * n
-        if progress:
-            batches.set_postfix(loss=f"{float(loss):.4f}")
-    return {k: v / max(seen, 1) for k, v in sums.items()}, step
 
 
 @torch.no_grad()

@@ -28,7 +28,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipeline.classifier.models import backbone_normalization, load_checkpoint, load_feature_weights
+from pipeline.classifier.models import backbone_normalization, load_feature_weights
+from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.config import SEGMENT_ARCHITECTURES, SEGMENT_ENCODER_PREFIX, ConfigError, CrfParams
 from pipeline.core.device import to_tensor
 from pipeline.core.errors import InputError

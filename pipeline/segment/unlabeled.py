@@ -13,7 +13,7 @@ is at least ``--threshold``, and writes for those classes what the ``cams`` and
 
 The threshold. A sigmoid classifier trained with binary cross-entropy is calibrated so that
 0.5 is its decision point, the default. On the built-in dataset's held-out images, labels
-predicted at 0.5 had the precision and recall in the README ("Seeds for unlabeled
+predicted at 0.5 had the precision and recall in docs/own-data.md ("Seeds for unlabeled
 images"); a lower threshold trades precision for recall. To choose it on your data, run
 this on a few labelled images and read :func:`label_scores` (``--truth`` a labels file in
 the formats of :mod:`pipeline.data.folder`). CAM settings (method, scales, flip, store

@@ -79,9 +79,9 @@ def test_one_epoch_under_bf16_autocast_learns():
     params = TrainParams(lr=1e-3)
     opt = build_optimizer(model, params)
     before = model.head.weight.detach().clone()
-    loss, step = train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=4), opt, schedule="constant", step=0,
-                                 total_steps=2, device=torch.device("cpu"), amp=torch.bfloat16)
-    assert step == 2 and np.isfinite(loss)
+    terms, step = train_one_epoch(model, DataLoader(TensorDataset(x, y), batch_size=4), opt, schedule="constant", step=0,
+                                  total_steps=2, device=torch.device("cpu"), amp=torch.bfloat16)
+    assert step == 2 and set(terms) == {"loss"} and np.isfinite(terms["loss"])
     assert not torch.equal(before, model.head.weight)
 
 

@@ -169,7 +169,7 @@ def test_every_preset_writes_every_key_dvc_yaml_tracks(name):
     at the stage that tracks it (segment_reference lost segment.ema, issue 32)."""
     from pathlib import Path
 
-    from stages.validate import check_tracked
+    from pipeline.core.config import check_tracked
 
     repo = Path(__file__).resolve().parents[2]
     assert check_tracked(repo / name, repo / "dvc.yaml") > 30
@@ -180,7 +180,7 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
 
     import yaml
 
-    from stages.validate import check_tracked
+    from pipeline.core.config import check_tracked
 
     repo = Path(__file__).resolve().parents[2]
     raw = yaml.safe_load((repo / "params-voc-sample.yaml").read_text())
@@ -202,27 +202,33 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
     ("segment", "encoder", "tu-resnet1000", r"params.yaml:segment.encoder: unknown encoder 'tu-resnet1000'; valid: tu-<timm model name>"),
     ("segment", "encoder", "resnet18", r"params.yaml:segment.encoder: unknown encoder 'resnet18'"),
 ])
-def test_names_from_the_registries_are_checked_when_params_load(tmp_path, section, key, value, message):
-    """A typo in a name the library registers stops the validate stage (every stage loads all
-    sections), naming the key and the valid values, before anything trains."""
+def test_names_from_the_registries_are_checked_by_validate(tmp_path, section, key, value, message):
+    """A typo in a name the library registers stops the validate stage, naming the key and the
+    valid values, before anything trains."""
     import yaml
+
+    from stages.common import SECTIONS
+    from stages.validate import check_registries
 
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({section: {key: value}}))
     with pytest.raises(ConfigError, match=message):
-        load_params(path=path)
+        check_registries(dict(zip(SECTIONS, load_params(*SECTIONS, path=path))), path)
     path.write_text("")
-    load_params(path=path)  # the defaults pass
+    check_registries(dict(zip(SECTIONS, load_params(*SECTIONS, path=path))), path)  # the defaults pass
 
 
 def test_an_output_stride_the_backbone_lacks_is_a_config_error(tmp_path, monkeypatch):
     from pipeline.classifier import models
 
     monkeypatch.setitem(models._BACKBONES, "stride32_only_for_test", models.BackboneSpec(build=None, strides=(32,)))
+    from stages.common import SECTIONS
+    from stages.validate import check_registries
+
     path = tmp_path / "params.yaml"
     path.write_text("model:\n  backbone: stride32_only_for_test\n  output_stride: 16\n")
     with pytest.raises(ConfigError, match=r"model.backbone: output_stride must be one of \(32,\) for stride32_only_for_test, got 16"):
-        load_params(path=path)
+        check_registries(dict(zip(SECTIONS, load_params(*SECTIONS, path=path))), path)
 
 
 def test_run_prints_input_errors_in_one_line_and_keeps_the_traceback_of_a_bug(caplog):

@@ -18,7 +18,7 @@ from typing import Any
 import timm
 import yaml
 
-from pipeline.cam.methods import list_methods
+from pipeline.cam.methods import check_method
 from pipeline.classifier.models import check_backbone
 from pipeline.core.config import SEGMENT_ENCODER_PREFIX, ConfigError, check_tracked
 from pipeline.core.io import write_json
@@ -43,8 +43,7 @@ def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None
     if affinity.backbone != "classifier":
         backbone("affinity.backbone", affinity.backbone, affinity.output_stride)
     for key, method in (("cam.method", cam.method), ("evaluate.faithfulness_versus", evaluate.faithfulness_versus)):
-        if method not in list_methods():
-            raise ConfigError(f"{path}:{key}: unknown CAM method {method!r}; valid methods: {', '.join(list_methods())}")
+        check_method(method, f"{path}:{key}")
     encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
     if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not timm.is_model(encoder):
         raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "

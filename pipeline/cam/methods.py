@@ -62,6 +62,7 @@ __all__ = [
     "CamContext",
     "register_method",
     "list_methods",
+    "check_method",
     "list_layers",
     "compute_cams",
     "explain",
@@ -144,6 +145,12 @@ SMOOTH_IMAGES_PER_CALL = 32  # SmoothGrad runs its noisy copies through the netw
 
 def list_methods() -> list[str]:
     return sorted([*_METHODS, *_SMOOTHED_ALIASES])
+
+
+def check_method(name: str, key: str = "cam.method") -> None:
+    """Raise :class:`ConfigError` naming ``key`` and the valid methods when ``name`` is no CAM method."""
+    if name not in list_methods():
+        raise ConfigError(f"{key}: unknown method {name!r}; valid methods: {', '.join(list_methods())}")
 
 
 def _get_method(name: str) -> _Method:

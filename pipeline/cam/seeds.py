@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline.cam.methods import multiscale_cams
+from pipeline.cam.methods import check_method, multiscale_cams
 from pipeline.core.config import CamParams
 from pipeline.core.device import amp_dtype, to_tensor
 from pipeline.core.io import id_path, save_seeds
@@ -54,6 +54,7 @@ def write_seeds(model: torch.nn.Module, mean: Sequence[float], std: Sequence[flo
     1/``cam_p.store_stride`` in float16. ``model`` is in ``channels_last`` on ``device``.
     SmoothGrad noise is seeded per batch from its first id: the same seeds whatever the
     sharding. Returns the number of images."""
+    check_method(cam_p.method)
     ids = [i for b in batches for i in b]
     data = _Images(index, ids, mean, std)
     positions, start = [], 0

@@ -193,9 +193,9 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("cam", "method", "gradcamm", r"params.yaml:cam.method: unknown CAM method 'gradcamm'; valid methods: .*gradcampp"),
+    ("cam", "method", "gradcamm", r"params.yaml:cam.method: unknown method 'gradcamm'; valid methods: .*gradcampp"),
     ("evaluate", "faithfulness_versus", "gradcam+",
-     r"params.yaml:evaluate.faithfulness_versus: unknown CAM method 'gradcam\+'; valid methods: .*gradcam"),
+     r"params.yaml:evaluate.faithfulness_versus: unknown method 'gradcam\+'; valid methods: .*gradcam"),
     ("model", "backbone", "resnet81", r"params.yaml:model.backbone: unknown backbone 'resnet81'; valid backbones: .*resnet18"),
     ("model", "backbone", "timm:efficientnet_lite9", r"params.yaml:model.backbone: unknown timm model 'efficientnet_lite9'"),
     ("affinity", "backbone", "resnet5", r"params.yaml:affinity.backbone: unknown backbone 'resnet5'"),

@@ -145,7 +145,8 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     optimizer = build_optimizer(model, train_p)
     metrics, seconds = fit(distributed.data_parallel(model, info, device), train_loader, optimizer, epochs=train_p.epochs,
                            schedule=train_p.schedule, device=device, info=info, sampler=sampler, amp=amp,
-                           evaluate=lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}, live=live)
+                           evaluate=lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}, live=live,
+                           freeze_bn=train_p.freeze_bn)
     if info.is_main:
         save_checkpoint(out, {"state_dict": model.state_dict(), "backbone": model_p.backbone, "output_stride": model_p.output_stride,
                               "classes": list(index.classes), "mean": list(mean), "std": list(std)})

@@ -133,6 +133,7 @@ class TrainParams:
     # auto (bf16 on CUDA when supported, else fp16; off on the CPU) | off | bf16 | fp16
     amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))
     processes: int = field(1, ge=1)  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
+    freeze_bn: bool = False  # batch norm keeps its ImageNet statistics while training (IRN); its scale and shift still learn
 
 
 @dataclasses.dataclass(frozen=True)

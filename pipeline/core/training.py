@@ -107,6 +107,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     criterion: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
     after_step: Callable[[int], None] | None = None,
+    freeze_bn: bool = False,
 ) -> tuple[dict[str, float], int]:
     """One pass over ``loader``; returns the mean loss terms (``loss`` and any parts the
     criterion reports) and the step count after it.
@@ -116,8 +117,14 @@ def train_one_epoch(
     default BCE-with-logits (the multi-label classifier).
     ``after_step(step)``: called after each optimizer step with the steps taken so far
     (an average of the weights updates there).
+    ``freeze_bn``: every batch norm normalises with its running statistics and leaves them
+    as they are (IRN's frozen batch norm); its scale and shift still learn.
     """
     model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     criterion = criterion or nn.BCEWithLogitsLoss()
     sums: dict[str, float] = {}
     seen = 0
@@ -167,6 +174,7 @@ def fit(
     evaluate: Callable[[], dict[str, float]] | None = None,
     live: Any = None,
     name: str = "",
+    freeze_bn: bool = False,
 ) -> tuple[dict[str, float], float]:
     """The training loop of every network the pipeline trains: ``epochs`` passes of
     :func:`train_one_epoch` over ``loader`` (reshuffled per epoch under DDP through ``sampler``),
@@ -175,6 +183,7 @@ def fit(
 
     ``evaluate()``: called on rank 0 after each epoch; its scores join the epoch's line.
     ``live``: a dvclive ``Live`` (rank 0) that gets every term and score per epoch.
+    ``freeze_bn``: as :func:`train_one_epoch`.
     Returns the last epoch's mean loss terms (and scores) and the seconds the loop took.
     """
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
@@ -189,7 +198,7 @@ def fit(
         bar = lambda it: tqdm(it, desc=desc, unit="batch", leave=False, disable=not info.is_main)
         metrics, step = train_one_epoch(model, loader, optimizer, schedule=schedule, step=step, total_steps=total_steps,
                                         device=device, progress=bar, amp=amp, scaler=scaler, criterion=criterion,
-                                        after_step=after_step)
+                                        after_step=after_step, freeze_bn=freeze_bn)
         if not info.is_main:  # the other ranks go on and wait for rank 0 at the next gradient exchange
             continue
         if evaluate is not None:

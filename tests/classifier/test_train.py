@@ -5,7 +5,7 @@ import torch
 from pipeline.classifier.models import build_classifier
 from pipeline.core.config import TrainParams
 from pipeline.core.device import resolve_device, to_tensor
-from pipeline.core.training import build_optimizer, lr_factor
+from pipeline.core.training import build_optimizer, lr_factor, train_one_epoch
 
 
 def test_lr_schedules():
@@ -143,3 +143,22 @@ def test_global_batch_must_divide_by_the_ranks(section):
     check_global_batch(7, DistInfo(), section)  # one process takes any batch
     with pytest.raises(ValueError, match=rf"^{section}\.batch_size 6 is the global batch: it must divide by the number of processes \(4\)$"):
         check_global_batch(6, DistInfo(rank=1, world_size=4), section)
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_freeze_bn_keeps_the_running_statistics_and_trains_the_rest(freeze_bn):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    model.new_layers = lambda: model[4]
+    bn = model[1]
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.weight.detach().clone(), model[0].weight.detach().clone())
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 8, 8) + 3.0, (torch.rand(8, 2) > 0.5).float()), batch_size=4)
+    train_one_epoch(model, loader, build_optimizer(model, TrainParams(lr=1e-2)), schedule="constant", step=0, total_steps=2,
+                    device=torch.device("cpu"), freeze_bn=freeze_bn)
+    stats_kept = torch.equal(before[0], bn.running_mean) and torch.equal(before[1], bn.running_var)
+    assert stats_kept == freeze_bn
+    assert not torch.equal(before[2], bn.weight) and not torch.equal(before[3], model[0].weight)  # scale and convs learn
+    assert bn.training != freeze_bn  # left as the epoch set it

@@ -84,14 +84,15 @@ def test_outputs_of_every_stage(pipeline_run):
 
 
 def test_stage_rejects_unknown_method(pipeline_run, tmp_path):
-    params = dict(TINY, cam={"method": "gradcamm", "device": "cpu"})
-    write_params(pipeline_run, params)
-    try:
-        result = run_stage(pipeline_run, "cams")
-    finally:
-        write_params(pipeline_run, TINY)
+    """A copy of the run (the session-wide one is read only): the cams stage stops on the typo
+    before writing any seed, with one line naming the key and the valid methods."""
+    shutil.copytree(pipeline_run / "data/prepared", tmp_path / "data/prepared")
+    shutil.copytree(pipeline_run / "models", tmp_path / "models")
+    write_params(tmp_path, dict(TINY, cam={"method": "gradcamm", "device": "cpu"}))
+    result = run_stage(tmp_path, "cams")
     assert result.returncode == 1
-    assert "unknown method 'gradcamm'; valid methods: cam, counterfactual, gradcam" in result.stderr
+    assert "cam.method: unknown method 'gradcamm'; valid methods: cam, counterfactual, gradcam" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "outputs/seeds").exists()
 
 
 def test_unknown_params_key_fails_before_writing(tmp_path):

@@ -733,7 +733,9 @@ def test_postprocess_bg_auto_with_and_without_a_calibration_list(pipeline_run, t
 
 def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipeline_run, tmp_path):
     """Issue 15: the built-in dataset exported as images + a CSV of tags (no mask, no XML) through
-    data.source folder yields the VOC-layout run's pseudo-labels byte for byte."""
+    data.source folder yields the VOC-layout run's pseudo-labels byte for byte, from the same
+    classifier (the folder run takes the session run's: two trainings in two processes have
+    differed in the 5th digit of the loss once, 2026-12-07, which is not what this test is about)."""
     index = json.loads((pipeline_run / "data/prepared/dataset.json").read_text())
     root = Path(index["root"]) if Path(index["root"]).is_absolute() else pipeline_run / index["root"]
     images = tmp_path / "photos"
@@ -749,7 +751,9 @@ def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipel
     run_dir.mkdir()
     write_params(run_dir, {**TINY, "data": {"source": "folder", "root": str(images), "classes_file": str(tmp_path / "classes.txt"),
                                             "train_list": "train", "val_list": "val", "eval_list": "train", "seg_val_list": "none"}})
-    for stage in ("prepare", "train", "cams", "postprocess", "crf"):
+    assert run_stage(run_dir, "prepare").returncode == 0
+    shutil.copytree(pipeline_run / "models", run_dir / "models")
+    for stage in ("cams", "postprocess", "crf"):
         result = run_stage(run_dir, stage)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
     assert not list((run_dir / "data/folder_view/VOC2012").glob("SegmentationClass/*")), "no mask was given"

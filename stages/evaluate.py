@@ -1,13 +1,6 @@
 """Stage `evaluate`: score seeds, masks, CRF pseudo-labels, refined pseudo-labels and boxes
-against ground truth.
-
-Writes metrics/{seeds,masks,pseudo_labels,refined,boxes}.json, plots/bg_sweep.csv,
-plots/per_class_iou.csv, plots/max_box_acc.csv (BoxAcc against the map threshold),
-plots/pxap.csv (the seeds' pixel precision-recall curve), a few overlays in plots/overlays/ (image,
-seed heat map, seed mask, CRF labels, refined labels, ground truth), and reports/index.html: the
-worst images by pseudo-label mIoU with every stage's picture, per-class IoU, the confusion
-matrix and the curves. The work is :func:`pipeline.evaluate.scoring.evaluate_run`.
-"""
+against ground truth, and write the metrics, plots and reports/index.html
+(:func:`pipeline.evaluate.scoring.evaluate_run`, whose docstring lists every output)."""
 
 from __future__ import annotations
 

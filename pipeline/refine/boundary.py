@@ -110,16 +110,9 @@ class AffinityDataset(Dataset):
 
 def boundary_criterion(offsets: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict]]:
     """The loss of :func:`pipeline.core.training.train_one_epoch` for the boundary network:
-    IRN's affinity loss of the sigmoid of its logits over the pairs ``offsets`` apart, with
-    its terms (``bg_pos``, ``fg_pos``, ``neg``)."""
-    moved: dict[torch.device, torch.Tensor] = {}
-
-    def criterion(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        if logits.device not in moved:
-            moved[logits.device] = offsets.to(logits.device)
-        return affinity_loss(torch.sigmoid(logits), labels, moved[logits.device])
-
-    return criterion
+    IRN's affinity loss of the sigmoid of its logits over the pairs ``offsets`` apart (on the
+    logits' device), with its terms (``bg_pos``, ``fg_pos``, ``neg``)."""
+    return lambda logits, labels: affinity_loss(torch.sigmoid(logits), labels, offsets)
 
 
 def _counts(labels: np.ndarray) -> np.ndarray:
@@ -220,7 +213,7 @@ def train_boundary_net(index: DatasetIndex, aff_p: AffinityParams, info: distrib
                                         num_workers=aff_p.num_workers, device=device)
     losses, seconds = fit(distributed.data_parallel(net, info, device), loader, optimizer, epochs=aff_p.epochs, schedule="poly",
                           device=device, info=info, sampler=sampler, amp=amp_dtype(aff_p.amp, device),
-                          criterion=boundary_criterion(pair_offsets(aff_p.radius)), name="affinity")
+                          criterion=boundary_criterion(pair_offsets(aff_p.radius).to(device)), name="affinity")
     if info.is_main:
         save_checkpoint(out, {"trained": True, "state_dict": net.state_dict(), "encoder": spec, "width": aff_p.width,
                               "mean": list(mean), "std": list(std)})

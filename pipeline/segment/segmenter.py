@@ -39,7 +39,6 @@ from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
 from pipeline.masks.crf import refine_mask
 
 __all__ = [
-    "ENCODER_PREFIX",
     "INPUT_MULTIPLE",
     "Segmenter",
     "build_segmenter",
@@ -56,19 +55,18 @@ __all__ = [
     "load_segmenter",
 ]
 
-ENCODER_PREFIX = SEGMENT_ENCODER_PREFIX  # smp's timm universal encoder: any timm model with features_only
 # Every smp encoder reduces by at most 32, and smp refuses inputs whose sides it does not divide.
 INPUT_MULTIPLE = 32
 CHECKPOINT_KEYS = ("state_dict", "arch", "encoder", "decoder_channels", "num_classes", "class_names", "mean", "std", "scales", "flip", "crf")
 
 
 def _timm_name(encoder: str) -> str:
-    if not encoder.startswith(ENCODER_PREFIX) or not timm.is_model(encoder[len(ENCODER_PREFIX):]):
+    if not encoder.startswith(SEGMENT_ENCODER_PREFIX) or not timm.is_model(encoder[len(SEGMENT_ENCODER_PREFIX):]):
         raise ValueError(
-            f"segment.encoder: unknown encoder {encoder!r}; valid: {ENCODER_PREFIX}<timm model name>, "
+            f"segment.encoder: unknown encoder {encoder!r}; valid: {SEGMENT_ENCODER_PREFIX}<timm model name>, "
             "e.g. tu-resnet18, tu-efficientnet_lite0 (see timm.list_models())"
         )
-    return encoder[len(ENCODER_PREFIX):]
+    return encoder[len(SEGMENT_ENCODER_PREFIX):]
 
 
 def encoder_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -23,8 +23,9 @@ def main() -> None:
         with live:
             result = train_classifier(model_p, train_p, load_index(), info, device, live=live if info.is_main else None)
         if info.is_main:
+            recam = {k: result[k] for k in ("recam_loss", "recam_ce") if k in result}
             write_json(TRAIN_METRICS, {"loss": result["loss"], "val_map": result["val_map"], "epochs": train_p.epochs,
-                                       "processes": info.world_size})
+                                       "processes": info.world_size, **recam, "recam_epochs": train_p.recam_epochs})
             log.info("trained in %.0f s", result["seconds"])
 
 

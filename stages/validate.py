@@ -38,12 +38,14 @@ def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None
         except ValueError as err:
             raise ConfigError(f"{path}:{key}: {err}") from None
 
-    model, cam, affinity, evaluate, segment = (sections[n] for n in ("model", "cam", "affinity", "evaluate", "segment"))
+    model, train, cam, affinity, evaluate, segment = (sections[n] for n in ("model", "train", "cam", "affinity", "evaluate", "segment"))
     backbone("model.backbone", model.backbone, model.output_stride)
     if affinity.backbone != "classifier":
         backbone("affinity.backbone", affinity.backbone, affinity.output_stride)
     for key, method in (("cam.method", cam.method), ("evaluate.faithfulness_versus", evaluate.faithfulness_versus)):
         check_method(method, f"{path}:{key}")
+        if method == "recam" and train.recam_epochs == 0:
+            raise ConfigError(f"{path}:{key}: recam maps need ReCAM's fine-tune: set train.recam_epochs (the paper: 4)")
     encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
     if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not timm.is_model(encoder):
         raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "

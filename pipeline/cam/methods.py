@@ -10,6 +10,9 @@ Methods, registered by name (:func:`list_methods`):
 
 * ``cam`` - Zhou et al., CVPR 2016, https://arxiv.org/abs/1512.04150: the linear
   head's weights (needs global average pooling and one linear layer).
+* ``recam`` - Chen et al., CVPR 2022, https://arxiv.org/abs/2203.00962: CAM with each
+  channel weighted by the old head times ReCAM's head (``train.recam_epochs``,
+  :mod:`pipeline.classifier.recam`).
 * ``gradcam`` - Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391:
   channel weights are the spatial mean of the score's gradient.
 * ``counterfactual`` - the same paper, Sec. 6: the negated gradient, i.e. the
@@ -184,6 +187,15 @@ def _cam(ctx: CamContext) -> torch.Tensor:
             "use gradcam for other heads"
         )
     return torch.einsum("nkc,nchw->nkhw", head.weight[ctx.class_ids], ctx.features)
+
+
+@register_method("recam", needs_gradients=False)
+def _recam(ctx: CamContext) -> torch.Tensor:
+    head = _linear_head(ctx.model)
+    recam = getattr(ctx.model, "recam_weight", None)
+    if head is None or recam is None:
+        raise ValueError("method 'recam' needs a classifier fine-tuned by ReCAM (train.recam_epochs > 0: its checkpoint's recam_weight)")
+    return torch.einsum("nkc,nchw->nkhw", (recam * head.weight)[ctx.class_ids], ctx.features)
 
 
 @register_method("gradcam", needs_gradients=True, per_position=True)

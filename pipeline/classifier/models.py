@@ -397,4 +397,10 @@ def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise InputError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
+    recam = ckpt.get("recam_weight")
+    if recam is not None:  # ReCAM's head (train.recam_epochs), read by the recam CAM method
+        head = model.linear_head() if callable(getattr(model, "linear_head", None)) else None
+        if head is None or tuple(recam.shape) != tuple(head.weight.shape):
+            raise InputError(f"{path}: recam_weight {tuple(recam.shape)} does not fit the classifier's head; rerun the train stage")
+        model.register_buffer("recam_weight", recam.to(head.weight.dtype), persistent=False)
     return model.to(device).eval(), ckpt

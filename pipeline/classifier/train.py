@@ -4,6 +4,7 @@ of image-level targets, its scores, and :func:`train_classifier`, which runs the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.classifier.models import backbone_normalization, build_classifier
+from pipeline.classifier.recam import ReCAMNet, recam_criterion
 from pipeline.core import distributed
 from pipeline.core.checkpoint import save_checkpoint
 from pipeline.core.config import ModelParams, TrainParams
@@ -123,7 +125,11 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     """The multi-label classifier trained on the ``train`` ids (DDP under torchrun), its mAP on
     the ``val`` ids after every epoch; rank 0 saves it to ``out`` with what the CAM step needs
     (backbone, stride, classes, normalisation). Returns rank 0's last ``loss``, ``val_map`` and
-    the training ``seconds``; ``live``: a dvclive ``Live`` that gets both per epoch."""
+    the training ``seconds``; ``live``: a dvclive ``Live`` that gets both per epoch.
+
+    With ``train.recam_epochs`` > 0, ReCAM's fine-tune follows (:mod:`~pipeline.classifier.recam`,
+    batch norm fixed, the new head at ``head_lr_mult`` x ``recam_lr``); its new head is saved as
+    ``recam_weight`` and the result adds ``recam_loss`` and ``recam_ce`` (``val_map`` is then after it)."""
     distributed.check_global_batch(train_p.batch_size, info, "train")
     generator = seed_everything(train_p.seed)  # the same initial weights on every rank
     amp = amp_dtype(train_p.amp, device)
@@ -143,11 +149,23 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     val_loader = DataLoader(val_set, batch_size=train_p.batch_size, shuffle=False, **loader_kw)
 
     optimizer = build_optimizer(model, train_p)
+    evaluate = lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}  # noqa: E731
     metrics, seconds = fit(distributed.data_parallel(model, info, device), train_loader, optimizer, epochs=train_p.epochs,
                            schedule=train_p.schedule, device=device, info=info, sampler=sampler, amp=amp,
-                           evaluate=lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}, live=live,
-                           freeze_bn=train_p.freeze_bn)
+                           evaluate=evaluate, live=live, freeze_bn=train_p.freeze_bn)
+    result = {"loss": metrics["loss"], "val_map": metrics.get("val_map", float("nan")), "seconds": seconds}
+    extra = {}
+    if train_p.recam_epochs > 0:
+        recam = ReCAMNet(model).to(device)
+        recam_p = dataclasses.replace(train_p, lr=train_p.recam_lr)
+        recam_metrics, recam_seconds = fit(distributed.data_parallel(recam, info, device), train_loader, build_optimizer(recam, recam_p),
+                                           epochs=train_p.recam_epochs, schedule=train_p.schedule, device=device, info=info,
+                                           sampler=sampler, amp=amp, criterion=recam_criterion(train_p.recam_loss_weight),
+                                           evaluate=evaluate, live=live, name="recam", freeze_bn=True)
+        extra = {"recam_weight": recam.recam_head.weight.detach().cpu()}
+        result.update(recam_loss=recam_metrics["loss"], recam_ce=recam_metrics.get("ce", float("nan")),
+                      val_map=recam_metrics.get("val_map", float("nan")), seconds=seconds + recam_seconds)
     if info.is_main:
         save_checkpoint(out, {"state_dict": model.state_dict(), "backbone": model_p.backbone, "output_stride": model_p.output_stride,
-                              "classes": list(index.classes), "mean": list(mean), "std": list(std)})
-    return {"loss": metrics["loss"], "val_map": metrics.get("val_map", float("nan")), "seconds": seconds}
+                              "classes": list(index.classes), "mean": list(mean), "std": list(std), **extra})
+    return result

@@ -134,6 +134,11 @@ class TrainParams:
     amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))
     processes: int = field(1, ge=1)  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
     freeze_bn: bool = False  # batch norm keeps its ImageNet statistics while training (IRN); its scale and shift still learn
+    # ReCAM (pipeline/classifier/recam.py): a fine-tune after the epochs above, for cam.method recam. 0: none;
+    # the paper: 4 epochs, the new head at 10x (head_lr_mult) the rate of the rest, CE weight 1 on VOC
+    recam_epochs: int = field(0, ge=0)
+    recam_lr: float = field(2e-5, gt=0.0)  # backbone and old head; the new head learns head_lr_mult times faster
+    recam_loss_weight: float = field(1.0, ge=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,6 +93,11 @@ def make_train_loader(
     return DataLoader(dataset, batch_size=per_rank, shuffle=True, drop_last=drop_last, generator=generator, **kw), None
 
 
+def _float32(outputs: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A model's outputs (one tensor or a tuple of them, as ReCAM's) in float32 for the loss."""
+    return outputs.float() if isinstance(outputs, torch.Tensor) else tuple(o.float() for o in outputs)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -113,7 +118,8 @@ def train_one_epoch(
     criterion reports) and the step count after it.
 
     ``amp``: autocast dtype (None: full precision); with float16 pass a ``scaler``.
-    ``criterion(logits, targets)``: the loss on float32 logits, or ``(loss, {name: part})``;
+    ``criterion(logits, targets)``: the loss on float32 logits (a tuple of them where the model
+    returns a tuple), or ``(loss, {name: part})``;
     default BCE-with-logits (the multi-label classifier).
     ``after_step(step)``: called after each optimizer step with the steps taken so far
     (an average of the weights updates there).
@@ -136,7 +142,7 @@ def train_one_epoch(
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(images)
-        out = criterion(logits.float(), targets)
+        out = criterion(_float32(logits), targets)
         loss, parts = out if isinstance(out, tuple) else (out, {})
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

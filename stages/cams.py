@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.cam.prototypes import load_cam_model
 from pipeline.cam.seeds import write_seeds
-from pipeline.classifier.models import load_classifier
 from pipeline.core import distributed
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import InputError
@@ -20,7 +20,7 @@ def main() -> None:
 
 
 def _seeds(cam_p, index: DatasetIndex, info: distributed.DistInfo, device: torch.device) -> None:
-    model, ckpt = load_classifier(CLASSIFIER, device)
+    model, ckpt = load_cam_model(CLASSIFIER, device, cam_p.method)
     if list(ckpt["classes"]) != list(index.classes):
         raise InputError(f"{CLASSIFIER}: trained on classes {ckpt['classes']}, but the dataset has {list(index.classes)}")
     model = model.to(memory_format=torch.channels_last)

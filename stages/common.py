@@ -39,6 +39,7 @@ from pipeline.core.paths import (  # noqa: F401  (re-exported: the stages import
     METRICS,
     PARAMS_FILE,
     PLOTS,
+    PROTOTYPES,
     PSEUDO_LABELS,
     REFINED,
     REPORTS,

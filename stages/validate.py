@@ -19,6 +19,7 @@ import timm
 import yaml
 
 from pipeline.cam.methods import check_method
+from pipeline.cam.prototypes import PROTOTYPE_METHODS
 from pipeline.classifier.models import check_backbone
 from pipeline.core.config import SEGMENT_ENCODER_PREFIX, ConfigError, check_tracked
 from pipeline.core.io import write_json
@@ -46,6 +47,8 @@ def check_registries(sections: dict[str, Any], path: Path = PARAMS_FILE) -> None
         check_method(method, f"{path}:{key}")
         if method == "recam" and train.recam_epochs == 0:
             raise ConfigError(f"{path}:{key}: recam maps need ReCAM's fine-tune: set train.recam_epochs (the paper: 4)")
+        if method in PROTOTYPE_METHODS and cam.method != method:
+            raise ConfigError(f"{path}:{key}: {method} reads the prototypes stage's file, which is made only when cam.method is {method}")
     encoder = segment.encoder.removeprefix(SEGMENT_ENCODER_PREFIX)
     if not segment.encoder.startswith(SEGMENT_ENCODER_PREFIX) or not timm.is_model(encoder):
         raise ConfigError(f"{path}:segment.encoder: unknown encoder {segment.encoder!r}; valid: "

@@ -13,6 +13,10 @@ Methods, registered by name (:func:`list_methods`):
 * ``recam`` - Chen et al., CVPR 2022, https://arxiv.org/abs/2203.00962: CAM with each
   channel weighted by the old head times ReCAM's head (``train.recam_epochs``,
   :mod:`pipeline.classifier.recam`).
+* ``lpcam`` - Chen and Sun, CVPR 2023, https://arxiv.org/abs/2211.10757: each position's
+  mean cosine similarity to the class's local prototypes minus that to its context
+  prototypes, clustered over the training ids by the ``prototypes`` stage
+  (:mod:`pipeline.cam.prototypes`).
 * ``gradcam`` - Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391:
   channel weights are the spatial mean of the score's gradient.
 * ``counterfactual`` - the same paper, Sec. 6: the negated gradient, i.e. the
@@ -196,6 +200,15 @@ def _recam(ctx: CamContext) -> torch.Tensor:
     if head is None or recam is None:
         raise ValueError("method 'recam' needs a classifier fine-tuned by ReCAM (train.recam_epochs > 0: its checkpoint's recam_weight)")
     return torch.einsum("nkc,nchw->nkhw", (recam * head.weight)[ctx.class_ids], ctx.features)
+
+
+@register_method("lpcam", needs_gradients=False)
+def _lpcam(ctx: CamContext) -> torch.Tensor:
+    weight = getattr(ctx.model, "lpcam_weight", None)
+    if weight is None:
+        raise ValueError("method 'lpcam' needs LPCAM's prototypes (the prototypes stage; pipeline.cam.prototypes.load_cam_model)")
+    unit = F.normalize(ctx.features.float(), dim=1)  # cosine similarity: features of unit length per position
+    return torch.einsum("nkc,nchw->nkhw", weight[ctx.class_ids].float(), unit)
 
 
 @register_method("gradcam", needs_gradients=True, per_position=True)

@@ -158,6 +158,12 @@ class CamParams:
     device: str = "auto"
     amp: str = field("auto", choices=("auto", "off", "bf16", "fp16"))  # as train.amp
     processes: int = field(1, ge=1)  # >1: images sharded over this many processes (torchrun), seeds gathered in one folder
+    # LPCAM's prototypes (method lpcam; the prototypes stage, pipeline/cam/prototypes.py), the paper's values
+    lpcam_clusters: int = field(12, ge=1)  # k-means clusters per class, of its foreground and of its context features
+    lpcam_threshold: float = field(0.1, **UNIT)  # CAM above it: the class's foreground features; below: its context
+    lpcam_class_prob: float = field(0.9, **UNIT)  # a foreground centre the classifier gives the class more than this is a prototype
+    lpcam_context_prob: float = field(0.05, **UNIT)  # a context centre with a class probability in (this, lpcam_class_prob) is context
+    lpcam_max_pixels: int = field(10000, ge=1)  # features kept per class and kind (a uniform sample of all the training ids')
 
 
 @dataclasses.dataclass(frozen=True)

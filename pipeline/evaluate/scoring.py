@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from pipeline.cam.faithfulness import FaithfulnessScore, compare_explanations
 from pipeline.cam.methods import explain, load_seed_maps
+from pipeline.cam.prototypes import load_cam_model
 from pipeline.classifier.models import load_classifier
 from pipeline.core import distributed
 from pipeline.core.config import CamParams, ConfigError, EvaluateParams, RefineParams
@@ -292,7 +293,7 @@ def faithfulness(index, cam_p, ev, info: distributed.DistInfo, device: torch.dev
     contiguous block of the batches). Both methods' maps are made here on one path (the cams
     settings, image resolution, float32; SmoothGrad noise seeded per batch), not read from
     the stored seeds."""
-    model, ckpt = load_classifier(CLASSIFIER, device)
+    model, ckpt = load_cam_model(CLASSIFIER, device, cam_p.method)
     ids = [i for i in index.splits["eval"] if index.labels(i)][: ev.faithfulness_max_images]
     voc = index.dataset("eval")
     score = FaithfulnessScore()

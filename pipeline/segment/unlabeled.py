@@ -33,11 +33,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline.cam.methods import list_methods, multiscale_cams, upsample_maps
-from pipeline.classifier.models import load_classifier
+from pipeline.cam.prototypes import load_cam_model
 from pipeline.core.device import resolve_device, to_tensor
 from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_dir, save_seeds, write_json, write_label_png
-from pipeline.core.paths import CLASSIFIER
+from pipeline.core.paths import CLASSIFIER, PROTOTYPES
 from pipeline.masks.postprocess import seeds_to_boxes, seeds_to_mask
 from pipeline.segment.predict import BadImageError, _image_size, _load_rgb, list_images
 
@@ -69,7 +69,7 @@ def label_scores(predicted: dict[str, Sequence[int]], truth: dict[str, Sequence[
 def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: str | Path, *,
                      threshold: float = DEFAULT_THRESHOLD, method: str = "gradcam", scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
                      flip: bool = True, store_stride: int = 4, bg: float = 0.3, box_fraction: float = 0.2,
-                     device: str = "auto", skip_bad: bool = False) -> dict[str, list[int]]:
+                     device: str = "auto", skip_bad: bool = False, prototypes: str | Path = PROTOTYPES) -> dict[str, list[int]]:
     """Write seeds, masks, labels and boxes of every image in ``images_dir`` into ``out_dir``
     (each folder built under a temporary name and renamed whole). Returns ``{stem: classes}``."""
     if not 0 <= threshold <= 1:
@@ -77,7 +77,7 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
     if method not in list_methods():
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(list_methods())}")
     dev = resolve_device(device)
-    model, ckpt = load_classifier(classifier, dev)
+    model, ckpt = load_cam_model(Path(classifier), dev, method, Path(prototypes))  # lpcam: the prototypes stage's file
     classes = list(ckpt["classes"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="a folder of images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="class probability to keep a class")
-    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--method", default="gradcam", help="a CAM method (recam: a classifier trained with train.recam_epochs)")
+    parser.add_argument("--prototypes", default=str(PROTOTYPES), help=f"--method lpcam: the prototypes stage's file (default: {PROTOTYPES})")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument("--bg", type=float, default=0.3, help="background threshold of the masks")
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         seeds_for_folder(args.classifier, args.images, args.out, threshold=args.threshold, method=args.method,
                          scales=args.scales, flip=not args.no_flip, bg=args.bg, box_fraction=args.box_fraction,
-                         device=args.device, skip_bad=args.skip_bad)
+                         device=args.device, skip_bad=args.skip_bad, prototypes=args.prototypes)
     except (BadImageError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

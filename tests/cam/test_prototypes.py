@@ -22,6 +22,7 @@ from pipeline.cam.prototypes import (
 from pipeline.classifier.models import CamClassifier
 from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.core.errors import InputError, MissingInputError
+from pipeline.segment.unlabeled import seeds_for_folder
 
 
 def test_reservoir_keeps_the_rows_with_the_largest_keys_of_the_whole_stream():
@@ -118,8 +119,16 @@ def test_prototypes_and_lpcam_seeds_through_the_stages(pipeline_run, tmp_path):
     for path in seeds:
         with np.load(path) as f:
             assert np.isfinite(f["maps"]).all() and f["maps"].max() <= 1.0
-    # a prototypes file from another classifier is refused, naming it
+    # pipeline.segment.unlabeled on a folder of images, with the same prototypes
     classifier = tmp_path / "models/classifier.pt"
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((tmp_path / "data/prepared").rglob("*.jpg"))[:3]:
+        shutil.copyfile(path, images / path.name)
+    found = seeds_for_folder(classifier, images, tmp_path / "unlabeled", method="lpcam", threshold=0.0, scales=(1.0,),
+                             prototypes=tmp_path / "models/prototypes.pt", device="cpu")
+    assert len(found) == 3 and len(list((tmp_path / "unlabeled/seeds").glob("*.npz"))) == 3
+    # a prototypes file from another classifier is refused, naming it
     ckpt = load_checkpoint(classifier, remedy="rerun")
     ckpt["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     save_checkpoint(classifier, ckpt)

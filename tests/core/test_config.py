@@ -201,6 +201,9 @@ def test_validate_names_the_preset_and_the_key_it_lacks(tmp_path):
     ("affinity", "backbone", "resnet5", r"params.yaml:affinity.backbone: unknown backbone 'resnet5'"),
     ("segment", "encoder", "tu-resnet1000", r"params.yaml:segment.encoder: unknown encoder 'tu-resnet1000'; valid: tu-<timm model name>"),
     ("segment", "encoder", "resnet18", r"params.yaml:segment.encoder: unknown encoder 'resnet18'"),
+    ("cam", "method", "recam", r"params.yaml:cam.method: recam maps need ReCAM's fine-tune: set train.recam_epochs"),
+    ("evaluate", "faithfulness_versus", "lpcam",
+     r"params.yaml:evaluate.faithfulness_versus: lpcam reads the prototypes stage's file, which is made only when cam.method is lpcam"),
 ])
 def test_names_from_the_registries_are_checked_by_validate(tmp_path, section, key, value, message):
     """A typo in a name the library registers stops the validate stage, naming the key and the

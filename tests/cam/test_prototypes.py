@@ -111,8 +111,11 @@ def test_prototypes_and_lpcam_seeds_through_the_stages(pipeline_run, tmp_path):
         result = run_stage(tmp_path, stage)
         assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
     data = load_checkpoint(tmp_path / "models/prototypes.pt", remedy="rerun")
-    assert data["weight"].shape == (6, 512) and all(len(p) >= 1 for p in data["prototypes"])
-    assert sum(row["fg_pixels"] for row in data["summary"].values()) > 0
+    assert data["weight"].shape == (6, 512)
+    rows = list(data["summary"].values())
+    assert sum(row["fg_pixels"] > 0 for row in rows) >= 3
+    # a class with foreground features has at least one prototype (its best centre if none passes); one without has none
+    assert [len(p) >= 1 for p in data["prototypes"]] == [row["fg_pixels"] > 0 for row in rows]
     assert (tmp_path / "models/prototypes.pt").stat().st_size < 200_000
     seeds = list((tmp_path / "outputs/seeds").glob("*.npz"))
     assert len(seeds) == 24

@@ -128,7 +128,7 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     the training ``seconds``; ``live``: a dvclive ``Live`` that gets both per epoch.
 
     With ``train.recam_epochs`` > 0, ReCAM's fine-tune follows (:mod:`~pipeline.classifier.recam`,
-    batch norm fixed, the new head at ``head_lr_mult`` x ``recam_lr``); its new head is saved as
+    batch norm fixed, the backbone and old head at ``recam_lr``, the new head at ``recam_head_lr``); its new head is saved as
     ``recam_weight`` and the result adds ``recam_loss`` and ``recam_ce`` (``val_map`` is then after it)."""
     distributed.check_global_batch(train_p.batch_size, info, "train")
     generator = seed_everything(train_p.seed)  # the same initial weights on every rank
@@ -157,7 +157,7 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     extra = {}
     if train_p.recam_epochs > 0:
         recam = ReCAMNet(model).to(device)
-        recam_p = dataclasses.replace(train_p, lr=train_p.recam_lr)
+        recam_p = dataclasses.replace(train_p, lr=train_p.recam_lr, head_lr_mult=train_p.recam_head_lr / train_p.recam_lr)
         recam_metrics, recam_seconds = fit(distributed.data_parallel(recam, info, device), train_loader, build_optimizer(recam, recam_p),
                                            epochs=train_p.recam_epochs, schedule=train_p.schedule, device=device, info=info,
                                            sampler=sampler, amp=amp, criterion=recam_criterion(train_p.recam_loss_weight),

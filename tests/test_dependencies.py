@@ -32,6 +32,7 @@ IMPORT_NAMES = {
     "pytest": "pytest",
     "ruff": "ruff",
     "grad-cam": "pytorch_grad_cam",
+    "scikit-learn": "sklearn.cluster",
     "segmentation-models-pytorch": "segmentation_models_pytorch",
     "pycocotools": "pycocotools.mask",
 }

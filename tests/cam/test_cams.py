@@ -123,7 +123,8 @@ def test_normalised_maps_in_unit_range_and_batch_independent():
 
 def test_bad_names_and_classes():
     model = _linear_model()
-    valid = "cam, counterfactual, gradcam, gradcampp, guided_backprop, guided_gradcam, layercam, saliency, scorecam, smoothgrad, xgradcam"
+    valid = ("cam, counterfactual, gradcam, gradcampp, guided_backprop, guided_gradcam, layercam, lpcam, recam, saliency, scorecam, "
+             "smoothgrad, xgradcam")
     with pytest.raises(ValueError, match=f"valid methods: {valid}"):
         compute_cams(model, torch.randn(1, 3, 8, 8), [[0]], "nope")
     with pytest.raises(ValueError, match=r"class id\(s\) \[7\] outside the model's 4 outputs"):

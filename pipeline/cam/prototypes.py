@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from pipeline.cam.methods import multiscale_cams
 from pipeline.cam.seeds import _collate, _Images
-from pipeline.classifier.models import load_classifier
+from pipeline.classifier.models import linear_head, load_classifier
 from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.core.config import CamParams
 from pipeline.core.errors import InputError, MissingInputError
@@ -163,7 +163,7 @@ def build_prototypes(index: DatasetIndex, cam_p: CamParams, device: torch.device
     ids into ``out`` (a few MB), with the classifier's md5 so that a stale file is refused.
     Returns a summary (prototypes and context centres per class)."""
     model, ckpt = load_classifier(classifier, device)
-    head = model.linear_head() if callable(getattr(model, "linear_head", None)) else None
+    head = linear_head(model)
     if head is None:
         raise InputError(f"{classifier}: LPCAM needs a classifier with global average pooling and one linear head ({ckpt['backbone']})")
     model = model.to(memory_format=torch.channels_last)

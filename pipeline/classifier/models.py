@@ -34,6 +34,7 @@ __all__ = [
     "build_classifier",
     "load_feature_weights",
     "MultiLevelEncoder",
+    "linear_head",
     "load_classifier",
     "dilate_last_stage",
     "backbone_normalization",
@@ -381,6 +382,14 @@ class MultiLevelEncoder(nn.Module):
         return levels
 
 
+def linear_head(model: nn.Module) -> nn.Linear | None:
+    """The linear layer after global average pooling (a model's ``linear_head()`` or ``head``), or None:
+    what CAM, ReCAM and LPCAM weight the feature map with."""
+    getter = getattr(model, "linear_head", None)
+    head = getter() if callable(getter) else getattr(model, "head", None)
+    return head if isinstance(head, nn.Linear) else None
+
+
 def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
     """The classifier the ``train`` stage saved, in eval mode on ``device``, and its checkpoint
     (backbone name, classes, normalisation); a missing, damaged or foreign file is one
@@ -399,7 +408,7 @@ def load_classifier(path: Path, device: torch.device) -> tuple[nn.Module, dict]:
         raise InputError(f"{path}: weights do not fit a {ckpt['backbone']} classifier ({str(err).splitlines()[0]}); rerun the train stage") from None
     recam = ckpt.get("recam_weight")
     if recam is not None:  # ReCAM's head (train.recam_epochs), read by the recam CAM method
-        head = model.linear_head() if callable(getattr(model, "linear_head", None)) else None
+        head = linear_head(model)
         if head is None or tuple(recam.shape) != tuple(head.weight.shape):
             raise InputError(f"{path}: recam_weight {tuple(recam.shape)} does not fit the classifier's head; rerun the train stage")
         model.register_buffer("recam_weight", recam.to(head.weight.dtype), persistent=False)

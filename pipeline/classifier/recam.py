@@ -6,8 +6,9 @@ cross-entropy that the binary loss lacks: for each class present in an image, th
 re-weighted by that class's (ReLU'd, max-normalised) CAM and averaged over the positions are
 classified by a new bias-free linear head among all the classes. Classes that share context
 (a boat and its water) compete there, which the per-class sigmoids never make them do. The
-new head learns ``head_lr_mult`` times faster than the backbone and the old head (the paper's
-10x), batch norm stays fixed, and the loss is ``BCE + recam_loss_weight * CE``.
+new head learns at ``train.recam_head_lr``, the backbone and the old head at ``train.recam_lr``
+(the paper: a tenth of the head's), batch norm stays fixed, and the loss is
+``BCE + recam_loss_weight * CE``.
 
 The ``recam`` CAM method then weights the channels by the new head times the old one
 (``pipeline.cam.methods``); the checkpoint keeps the new head as ``recam_weight``.
@@ -20,6 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pipeline.classifier.models import linear_head
 
 __all__ = ["ReCAMNet", "class_features", "recam_criterion"]
 
@@ -42,14 +45,14 @@ class ReCAMNet(nn.Module):
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
-        head = classifier.linear_head() if callable(getattr(classifier, "linear_head", None)) else None
-        if not isinstance(head, nn.Linear):
+        head = linear_head(classifier)
+        if head is None:
             raise ValueError("ReCAM needs a classifier whose head is global average pooling + one nn.Linear")
         self.classifier = classifier
         self.recam_head = nn.Linear(head.in_features, head.out_features, bias=False)
 
     def old_head(self) -> nn.Linear:
-        return self.classifier.linear_head()
+        return linear_head(self.classifier)
 
     def new_layers(self) -> nn.Module:
         return self.recam_head

@@ -135,7 +135,7 @@ class TrainParams:
     processes: int = field(1, ge=1)  # >1: data-parallel training (DDP) in this many processes, launched through torchrun
     freeze_bn: bool = False  # batch norm keeps its ImageNet statistics while training (IRN); its scale and shift still learn
     # ReCAM (pipeline/classifier/recam.py): a fine-tune after the epochs above, for cam.method recam. 0: none;
-    # the paper: 4 epochs, the new head at 10x (head_lr_mult) the rate of the rest, CE weight 1 on VOC
+    # the paper: 4 epochs, the new head at 10x the rate of the rest (here recam_head_lr / recam_lr), CE weight 1 on VOC
     recam_epochs: int = field(0, ge=0)
     # the rates of the fine-tune (AdamW, 60 steps on the VOC sample): the backbone and the old head, and the new head.
     # Measured there (docs/voc.md): 2e-5 / 2e-4 leaves the new head's CE near chance (2.94 -> 2.50), seeds 0.272;

@@ -61,7 +61,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.classifier.models import linear_head
 from pipeline.core.config import ConfigError
 from pipeline.core.io import load_seeds
 
@@ -176,11 +175,16 @@ def _weighted_sum(weights: torch.Tensor, features: torch.Tensor) -> torch.Tensor
     return torch.einsum("knc,nchw->nkhw", weights, features)
 
 
+def _linear_head(model: nn.Module) -> nn.Linear | None:
+    """The linear layer after global average pooling (a model's ``linear_head()`` or ``head``), or None."""
+    getter = getattr(model, "linear_head", None)
+    head = getter() if callable(getter) else getattr(model, "head", None)
+    return head if isinstance(head, nn.Linear) else None
 
 
 @register_method("cam", needs_gradients=False)
 def _cam(ctx: CamContext) -> torch.Tensor:
-    head = linear_head(ctx.model)
+    head = _linear_head(ctx.model)
     if head is None:
         raise ValueError(
             "method 'cam' needs global average pooling + one nn.Linear head (a model's `linear_head()` or `head`); "
@@ -191,7 +195,7 @@ def _cam(ctx: CamContext) -> torch.Tensor:
 
 @register_method("recam", needs_gradients=False)
 def _recam(ctx: CamContext) -> torch.Tensor:
-    head = linear_head(ctx.model)
+    head = _linear_head(ctx.model)
     recam = getattr(ctx.model, "recam_weight", None)
     if head is None or recam is None:
         raise ValueError("method 'recam' needs a classifier fine-tuned by ReCAM (train.recam_epochs > 0: its checkpoint's recam_weight)")
@@ -629,7 +633,7 @@ def multiscale_cams(
     if method in _SMOOTHED_ALIASES:
         method = _SMOOTHED_ALIASES[method]
         smooth_samples = smooth_samples if smooth_samples > 0 else SMOOTHGRAD_DEFAULT_SAMPLES
-    if method == "gradcam" and not layers and linear_head(model) is not None:
+    if method == "gradcam" and not layers and _linear_head(model) is not None:
         # Grad-CAM's gradient through global average pooling and one linear layer is W_c / (h w) at
         # every position: once scaled per position (below) its map is CAM's exactly, so CAM makes it
         # without the backward pass (tests/cam/test_cams.py checks the two against each other)

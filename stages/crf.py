@@ -9,6 +9,7 @@ from tqdm import tqdm
 from pipeline.core import distributed
 from pipeline.core.io import id_path, write_label_png
 from pipeline.core.parallel import parallel_map
+from pipeline.data.corrections import apply_corrections, find_corrections
 from pipeline.data.export import VOC_SUBDIR, list_name, write_id_lists
 from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
 from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
@@ -28,6 +29,7 @@ def _crf(crf_p, data_p, index, info: distributed.DistInfo) -> None:
     ids = index.splits["train"]
     mine = distributed.block(ids, info)
     voc = index.dataset("train")
+    corrections = find_corrections(data_p.corrections_dir, mine)  # checked before the long part
     processes = distributed.local_share(crf_p.processes, info)
     jobs = ((str(voc.image_path(i)), str(id_path(MASKS, i, ".png")), index.labels(i), crf_p) for i in mine)
     with distributed.shared_atomic_dir(OUT, info) as tmp:
@@ -36,11 +38,13 @@ def _crf(crf_p, data_p, index, info: distributed.DistInfo) -> None:
         for image_id, pseudo in tqdm(zip(mine, results), total=len(mine), desc=f"crf ({processes} proc)", unit="img",
                                      disable=not info.is_main):
             write_label_png(id_path(labels_dir, image_id, ".png"), pseudo)
+        apply_corrections(labels_dir, corrections, len(index.classes), {i: index.size(i) for i in corrections})
         if info.is_main:
             write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
     if info.is_main:
-        log.info("wrote %d pseudo-labels to %s (the refine stage builds the VOC-shaped view; %d rank(s))", len(ids),
-                 OUT / VOC_SUBDIR, info.world_size)
+        log.info("wrote %d pseudo-labels to %s, %d of this rank's replaced by hand corrections from %s (the refine stage "
+                 "builds the VOC-shaped view; %d rank(s))", len(ids), OUT / VOC_SUBDIR, len(corrections),
+                 data_p.corrections_dir, info.world_size)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from tqdm import tqdm
 from pipeline.core import distributed
 from pipeline.core.device import resolve_device
 from pipeline.core.io import id_path, load_seeds, read_json, write_label_png
+from pipeline.data.corrections import apply_corrections, find_corrections
 from pipeline.data.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
 from pipeline.refine.refiner import Refiner
-from stages.common import AFFINITY_MODEL, BOXES, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
+from stages.common import AFFINITY_MODEL, BOXES, EXPORTED_LABELS, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
 
 
 def main() -> None:
@@ -37,6 +38,7 @@ def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: 
     ids = index.splits["train"]
     mine = distributed.block(ids, info)
     voc = index.dataset("train")
+    corrections = find_corrections(data_p.corrections_dir, mine)
     refiner = None
     if refine_p.method != "none":
         refiner = Refiner(refine_p, crf_p, device, boundary_net=AFFINITY_MODEL,
@@ -58,15 +60,16 @@ def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: 
             if picture is not None:
                 Image.fromarray(picture).save(id_path(tmp / "boundaries", image_id, ".png"))
             write_label_png(out, labels)
+        apply_corrections(labels_dir, corrections, len(index.classes), {i: index.size(i) for i in corrections})
         if info.is_main:
             write_id_lists(tmp / VOC_SUBDIR, ids, list_name(data_p.train_list))
     if not info.is_main:
         return
     elapsed = time.perf_counter() - start
-    log.info("refined %d images with %s%s in %.0f s (%.3f s/img, %d rank(s)) -> %s", len(ids), refine_p.method,
-             " + dense CRF" if refine_p.crf and refine_p.method != "none" else "", elapsed,
-             elapsed / max(len(ids), 1), info.world_size, REFINED / VOC_SUBDIR)
-    exported = (REFINED if refine_p.export == "refined" else PSEUDO_LABELS) / VOC_SUBDIR
+    log.info("refined %d images with %s%s in %.0f s (%.3f s/img, %d rank(s)) -> %s; %d of rank 0's from hand corrections",
+             len(ids), refine_p.method, " + dense CRF" if refine_p.crf and refine_p.method != "none" else "", elapsed,
+             elapsed / max(len(ids), 1), info.world_size, REFINED / VOC_SUBDIR, len(corrections))
+    exported = EXPORTED_LABELS[refine_p.export] / VOC_SUBDIR
     view = make_voc_view(exported, voc.root / "JPEGImages", VIEW)
     log.info("VOC-shaped view of %s at %s", exported, view)
 

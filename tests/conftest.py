@@ -92,7 +92,7 @@ TINY = {
 }
 
 
-STAGES = ("prepare", "train", "prototypes", "cams", "postprocess", "crf", "affinity", "refine", "evaluate")
+STAGES = ("prepare", "train", "prototypes", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate")
 
 
 def run_stage(cwd: Path, name: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """The stages end to end on a tiny built-in dataset, and their errors on bad input."""
 
+import csv
 import json
 import re
 import shutil
@@ -71,16 +72,59 @@ def test_outputs_of_every_stage(pipeline_run):
     page = cwd / "reports/index.html"
     links = parse_report(page)
     assert len(links.images) == 8 and all((page.parent / src).is_file() for src in links.images)
-    listed = re.findall(r"<h3>([^:<]+): pseudo-label mIoU ([0-9.]+)</h3>", page.read_text())
+    listed = re.findall(r"<h3>([^:<]+): pseudo-label mIoU ([0-9.]+); confidence [0-9.]+ [(]", page.read_text())
     expected = sorted(image_miou, key=lambda i: (image_miou[i], i))[:8]
     assert [i for i, _ in listed] == expected
     assert [float(v) for _, v in listed] == pytest.approx([image_miou[i] for i in expected], abs=1e-3)
+    _check_confidence(cwd, index, train_ids)
     faith = json.loads((cwd / "metrics/faithfulness.json").read_text())
     assert faith["method"] == "gradcam" and faith["versus"] == "gradcampp" and faith["num_pairs"] >= 4
     assert 0 <= faith["average_drop"] <= 100 and 0 <= faith["win"] <= 100
     sweep = (cwd / "plots/bg_sweep.csv").read_text().splitlines()
     assert sweep[0] == "bg,miou" and len(sweep) == 1 + 17  # 0.0 to 0.8 by 0.05
     assert len(list((cwd / "plots/overlays").glob("*.png"))) == 2
+
+
+def _image_miou(a: np.ndarray, b: np.ndarray, n: int) -> float:
+    """mIoU of one image over the classes in either map, pixel by pixel (b's 255 ignored, a's as 0)."""
+    a = np.where(a == 255, 0, a).astype(np.int64)
+    ious = []
+    for c in range(n):
+        pa, pb = (a == c) & (b != 255), (b == c)
+        if (pa | pb).any():
+            ious.append((pa & pb).sum() / (pa | pb).sum())
+    return float(np.mean(ious))
+
+
+def _check_confidence(cwd, index, train_ids):
+    """outputs/confidence.csv: one row per training id in order, each signal recomputed here from
+    the label files; metrics/confidence.json's Spearman against the export's true per-image mIoU."""
+    from scipy.stats import spearmanr
+
+    n = 1 + len(index["classes"])
+    voc = str(cwd / "outputs/{}/VOCdevkit/VOC2012/SegmentationClass")
+    with open(cwd / "outputs/confidence.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == train_ids
+    truth, conf = [], []
+    for r in rows:
+        exported = read_label_png(Path(voc.format("refined")) / f"{r['id']}.png")
+        crf = read_label_png(Path(voc.format("pseudo_labels")) / f"{r['id']}.png")
+        masks = read_label_png(cwd / "outputs/masks" / f"{r['id']}.png")
+        as_truth = lambda x: np.where(x == 255, 0, x)  # noqa: E731  (agreement counts 255 as background on both sides)
+        assert float(r["agree_masks"]) == pytest.approx(_image_miou(exported, as_truth(masks), n), abs=1e-4)
+        assert float(r["agree_crf"]) == pytest.approx(_image_miou(exported, as_truth(crf), n), abs=1e-4)
+        assert float(r["confidence"]) == pytest.approx((float(r["agree_masks"]) + float(r["agree_crf"])) / 2, abs=1e-4)
+        assert float(r["labeled_share"]) == pytest.approx((crf != 255).mean(), abs=1e-4)
+        assert int(r["num_classes"]) == len(index["images"][r["id"]]["labels"]) and r["corrected"] == "0"
+        if r["id"] in index["splits"]["eval"]:
+            gt = read_label_png(cwd / index["root"] / "SegmentationClass" / f"{r['id']}.png")
+            truth.append(_image_miou(exported, gt, n))
+            conf.append(float(r["confidence"]))
+    metrics = json.loads((cwd / "metrics/confidence.json").read_text())
+    assert metrics["num_images"] == len(train_ids) and metrics["corrected"] == 0
+    assert metrics["scored_against_masks"] == len(truth) > 2
+    assert metrics["spearman"]["confidence"] == pytest.approx(spearmanr(conf, truth).statistic, abs=2e-3)
 
 
 def test_stage_rejects_unknown_method(pipeline_run, tmp_path):

@@ -95,6 +95,8 @@ class DataParams:
     labels_file: str = ""  # folder: the image-level labels (CSV or text; pipeline/data/folder.py); "": <root>/labels.csv
     classes_file: str = ""  # folder: class names, one per line; "": the order of first appearance in the labels
     masks_dir: str = ""  # folder: optional ground-truth masks <id>.png for scoring; "": none
+    corrections_dir: str = field("data/corrections", nonempty=True)  # hand-fixed labels <id>.png that replace the
+    # pseudo-labels of their ids (pipeline/data/corrections.py); a DVC dependency of crf, refine and confidence
     processes: int = field(0, ge=0)  # coco: processes rendering the masks (0: one per core)
     use_difficult: bool = False
     verify_images: bool = True
@@ -322,6 +324,9 @@ class SegmentParams:
     # rounds of self-training: a fresh network trained on the previous one's labels of the training
     # ids (test-time scales, flip and crf as above), each restricted to the image's own classes
     self_training: int = field(0, ge=0)
+    # leave the least confident share of the training ids (outputs/confidence.csv) out of training;
+    # hand-corrected ids are never left out
+    drop_least_confident: float = field(0.0, ge=0.0, lt=1.0)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from pipeline.core.io import InvalidIdError, validate_id
@@ -110,9 +110,10 @@ class DatasetIndex:
             raise DatasetError(f"{where}: not a dataset index ({err}); rerun the prepare stage") from None
         return index
 
-    def dataset(self, split: str) -> VOCDataset:
-        """The VOC reader over one split's ids."""
-        ids = self.splits[split]
+    def dataset(self, split: str, *, leave_out: Collection[str] = ()) -> VOCDataset:
+        """The VOC reader over one split's ids (but ``leave_out``)."""
+        leave_out = set(leave_out)
+        ids = [i for i in self.splits[split] if i not in leave_out]
         return VOCDataset(self.root, ids, classes=self.classes, use_difficult=self.use_difficult,
                           labels={i: self.images[i]["labels"] for i in ids})
 

@@ -132,29 +132,30 @@ table{border-collapse:collapse}td,th{padding:2px 6px;font-size:12px}
 .worst img{max-width:100%;border:1px solid #ccc}.summary td{font-family:monospace}"""
 
 
-def write_report(folder: Path, *, title: str, summary: Mapping[str, object], worst: Sequence[tuple[str, float, str]],
+def write_report(folder: Path, *, title: str, summary: Mapping[str, object], worst: Sequence[tuple[str, str, str]],
                  per_class: Mapping[str, float | None], confusion: np.ndarray, names: Sequence[str],
-                 charts: Sequence[str]) -> Path:
+                 charts: Sequence[str], worst_title: str = "worst images by pseudo-label mIoU") -> Path:
     """Write ``folder/index.html``.
 
     Args:
         summary: headline numbers, shown as a table.
-        worst: ``(image id, pseudo-label mIoU, picture file relative to folder)``, worst first.
+        worst: ``(image id, caption, picture file relative to folder)``, worst first; the heading
+            reads "The <n> <worst_title>".
         per_class: per-class IoU of the pseudo-labels.
         confusion, names: the pseudo-labels' confusion matrix and its class names.
         charts: inline SVG charts (:func:`line_chart_svg`).
     """
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
     strips = "".join(
-        f'<h3>{html.escape(i)}: pseudo-label mIoU {iou:.3f}</h3><img src="{html.escape(src)}" alt="{html.escape(i)}">'
-        for i, iou, src in worst
+        f'<h3>{html.escape(i)}: {html.escape(caption)}</h3><img src="{html.escape(src)}" alt="{html.escape(i)}">'
+        for i, caption, src in worst
     )
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <table class="summary">{rows}</table>
-<h2>The {len(worst)} worst images by pseudo-label mIoU</h2>
+<h2>The {len(worst)} {html.escape(worst_title)}</h2>
 <p>Panels, left to right: {html.escape(", ".join(PANELS))}.</p>
 <div class="worst">{strips}</div>
 <h2>Per-class IoU of the pseudo-labels</h2>

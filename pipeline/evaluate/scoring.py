@@ -43,11 +43,12 @@ from pipeline.core.metrics import (
     mean_iou,
     merge_scores,
 )
-from pipeline.core.paths import BOXES, CLASSIFIER, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS
+from pipeline.core.paths import BOXES, CLASSIFIER, CONFIDENCE, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.data.index import DatasetIndex
 from pipeline.evaluate.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
 from pipeline.evaluate.viz import heatmap_overlay, label_overlay, side_by_side
+from pipeline.masks.confidence import ImageConfidence, least_confident, read_confidence
 from pipeline.masks.postprocess import BOX_SETS, foreground, threshold_sweep
 
 __all__ = ["evaluate_run"]
@@ -84,9 +85,11 @@ def evaluate_run(ev: EvaluateParams, cam_p: CamParams, refine_p: RefineParams, i
     boxes = boxes_file["images"]
 
     voc = index.dataset("eval")
-    stale = [i for i in voc.ids if i not in boxes]
+    confidence = read_confidence(CONFIDENCE)
+    stale = [i for i in voc.ids if i not in boxes or i not in confidence]
     if stale:
-        raise InputError(f"{BOXES}: no boxes for {len(stale)} eval id(s), e.g. {', '.join(stale[:5])}; rerun postprocess")
+        raise InputError(f"{BOXES} or {CONFIDENCE}: nothing for {len(stale)} eval id(s), e.g. {', '.join(stale[:5])}; rerun "
+                         "postprocess and confidence")
     sweep = np.zeros((thresholds.size, n, n), np.int64)
     masks_cm = np.zeros((n, n), np.int64)
     pseudo = PseudoLabelScore(n)
@@ -139,8 +142,10 @@ def evaluate_run(ev: EvaluateParams, cam_p: CamParams, refine_p: RefineParams, i
     sweep, masks_cm, pseudo, refined, pxap, scored = (counts[k] for k in ("sweep", "masks_cm", "pseudo", "refined", "pxap", "scored"))
     box_scores, cam_loc, max_box_acc, overlays, image_miou = (counts[k] for k in ("box_scores", "cam_loc", "max_box_acc",
                                                                                   "overlays", "image_miou"))
+    corrected = sum(confidence[i].corrected for i in voc.ids)
     if scored:
-        _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, boxes_file["bg"], refine_p)
+        _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, boxes_file["bg"], refine_p,
+                           corrected)
     else:  # every stage runs without masks: the metrics say what was not scored and why (no NaN for a plot)
         reason = (f"none of the {len(voc)} eval ids has a ground-truth mask (SegmentationClass/ in {voc.root}; "
                   "data.masks_dir for a folder dataset), so nothing was scored against masks")
@@ -179,8 +184,25 @@ def evaluate_run(ev: EvaluateParams, cam_p: CamParams, refine_p: RefineParams, i
                  pseudo.summary()["miou"], refine_p.method, refined.summary()["miou"])
     log.info("boxes acc@0.5 %s, F1@0.5 %s, CAM loc acc %s, MaxBoxAcc %s, MaxBoxAccV2 %s", box_summary["accuracy_iou50"],
              box_summary["f1_iou50"], box_summary["cam_loc_acc"], box_summary["max_box_acc"], box_summary["max_box_acc_v2"])
-    report(index, voc, boxes, worst_ids(image_miou, ev.report_images), image_miou, summary,
-           iou_by_name(iou_per_class(pseudo.full), names), pseudo.full, names, charts)
+    summary["eval ids corrected by hand"] = corrected
+    if image_miou:
+        worst = [(i, f"pseudo-label mIoU {image_miou[i]:.3f}; {_signals(confidence[i])}")
+                 for i in worst_ids(image_miou, ev.report_images)]
+        worst_title = "worst images by pseudo-label mIoU"
+    else:  # no masks: the labels a person should look at first
+        worst = [(i, _signals(confidence[i])) for i in least_confident({i: confidence[i] for i in voc.ids}, ev.report_images)]
+        worst_title = f"least trusted images by confidence (no masks to score against; {CONFIDENCE})"
+    report(index, voc, boxes, worst, worst_title, summary, iou_by_name(iou_per_class(pseudo.full), names), pseudo.full, names,
+           charts)
+
+
+def _signals(row: ImageConfidence) -> str:
+    """One image's confidence and its signals, for a caption."""
+    if row.corrected:
+        return "corrected by hand"
+    crf = f", CRF {row.agree_crf:.3f}" if row.agree_crf is not None else ""
+    return (f"confidence {row.confidence:.3f} (agreement with the seed mask {row.agree_masks:.3f}{crf}; CRF labelled "
+            f"{row.labeled_share:.0%}; {row.num_classes} class(es))")
 
 
 def _merge(ranks: list[dict], num_overlays: int) -> dict:
@@ -196,7 +218,8 @@ def _merge(ranks: list[dict], num_overlays: int) -> dict:
     return out
 
 
-def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, bg_record, refine_p) -> None:
+def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, scored, names, bg_record, refine_p,
+                       corrected) -> None:
     """metrics/{seeds,masks,pseudo_labels,refined}.json, plots/bg_sweep.csv, plots/per_class_iou.csv, plots/pxap.csv."""
     sweep_miou = np.array([mean_iou(cm) for cm in sweep])
     best = int(np.nanargmax(sweep_miou))
@@ -214,10 +237,12 @@ def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, score
     write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": bg_value,
                                           "bg_mode": bg_record["mode"], **iou_by_name(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
-    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()}, **iou_by_name(pl_iou, names)})
+    # corrected_ids: eval ids whose labels are a hand correction (data.corrections_dir), scored as they are
+    write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()},
+                                                "corrected_ids": corrected, **iou_by_name(pl_iou, names)})
     refined_iou = iou_per_class(refined.full)
     write_json(METRICS / "refined.json", {"method": refine_p.method, **{k: round(v, 4) for k, v in refined.summary().items()},
-                                          **iou_by_name(refined_iou, names)})
+                                          "corrected_ids": corrected, **iou_by_name(refined_iou, names)})
     _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
     _write_csv(
         PLOTS / "per_class_iou.csv",
@@ -257,13 +282,14 @@ def _write_box_scores(box_scores, cam_loc, max_box_acc, boxes_file) -> tuple[dic
     return box_summary, box_curves
 
 
-def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, names, charts) -> None:
-    """reports/index.html and a picture strip (reports/worst/<id>.png) for each of the worst ids."""
+def report(index, voc, boxes, worst, worst_title, summary, per_class, confusion, names, charts) -> None:
+    """reports/index.html and a picture strip (reports/worst/<id>.png) for each of the ``worst``
+    ``(id, caption)`` pairs."""
     model, ckpt = load_classifier(CLASSIFIER, torch.device("cpu"))
     rows = []
     with atomic_dir(REPORTS) as tmp:
         (tmp / "worst").mkdir()
-        for image_id in tqdm(worst, desc="report", unit="img"):
+        for image_id, caption in tqdm(worst, desc="report", unit="img"):
             sample = voc[voc.ids.index(image_id)]
             full, class_ids, size = load_seed_maps(id_path(SEEDS, image_id, ".npz"))
             x = to_tensor(sample.image, ckpt["mean"], ckpt["std"])
@@ -277,12 +303,14 @@ def report(index, voc, boxes, worst, image_miou, summary, per_class, confusion, 
                       label_overlay(sample.image, read_label_png(id_path(MASKS, image_id, ".png"))),
                       label_overlay(sample.image, read_label_png(id_path(PSEUDO, image_id, ".png"))),
                       label_overlay(sample.image, read_label_png(id_path(REFINED_LABELS, image_id, ".png"))),
-                      label_overlay(sample.image, sample.mask), draw_boxes(sample.image, np.array(pred), sample.boxes)]
+                      label_overlay(sample.image, sample.mask) if sample.mask is not None else np.full_like(sample.image, 128),
+                      draw_boxes(sample.image, np.array(pred), sample.boxes)]
             picture = id_path(tmp / "worst", image_id, ".png")
             Image.fromarray(side_by_side(panels)).save(picture)
-            rows.append((image_id, image_miou[image_id], picture.relative_to(tmp).as_posix()))
+            rows.append((image_id, caption, picture.relative_to(tmp).as_posix()))
         write_report(tmp, title=f"Pseudo-label report: {len(index.splits['eval'])} eval images", summary=summary,
-                     worst=rows, per_class=per_class, confusion=confusion, names=names, charts=charts)
+                     worst=rows, per_class=per_class, confusion=confusion, names=names, charts=charts,
+                     worst_title=worst_title)
     log.info("report: %s", REPORTS / "index.html")
 
 

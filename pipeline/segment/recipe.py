@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from pipeline.core.errors import InputError, MissingInputError
 from pipeline.core.io import id_path, read_json, write_json
 from pipeline.core.metrics import iou_by_name, iou_per_class, mean_iou
 from pipeline.core.paths import (
+    CONFIDENCE,
+    EXPORTED_LABELS,
     INDEX_FILE,
-    PSEUDO_LABELS,
-    REFINED,
     SEGMENT_METRICS,
     SEGMENT_REFERENCE_METRICS,
     SEGMENTER,
@@ -37,6 +38,7 @@ from pipeline.core.paths import (
 from pipeline.core.training import build_optimizer, fit, make_train_loader
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.data.index import DatasetIndex
+from pipeline.masks.confidence import least_confident, read_confidence
 from pipeline.segment.segmenter import (
     SegmentationDataset,
     build_segmenter,
@@ -48,18 +50,14 @@ from pipeline.segment.segmenter import (
     write_image_class_labels,
 )
 
-__all__ = ["EXPORTED_LABELS", "NOT_RECIPE", "recipe_digest", "training_labels_dir", "train_segmenter", "train_network", "score_held_out",
+__all__ = ["NOT_RECIPE", "recipe_digest", "training_labels_dir", "train_segmenter", "least_trusted", "train_network", "score_held_out",
            "full_supervision_ratio"]
 
 log = logging.getLogger("wsl")
 
-# which folder each refine.export value names (the crf and refine stages' VOC-shaped exports)
-EXPORTED_LABELS = {"crf": PSEUDO_LABELS, "refined": REFINED}
-
-
 # segment params that do not make another recipe: the targets, where it runs, how images are read;
 # self-training is part of the weak pipeline (the reference trains once on the true masks)
-NOT_RECIPE = ("label_source", "device", "num_workers", "self_training")
+NOT_RECIPE = ("label_source", "device", "num_workers", "self_training", "drop_least_confident")
 
 
 def recipe_digest(params: SegmentParams) -> str:
@@ -100,7 +98,8 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
     mean, std = encoder_normalization(p.encoder)
     class_names = ["background", *index.classes]
     what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
-    model, train_seconds = train_network(p, index, labels_dir, what, len(class_names), info, device, amp)
+    left_out = [] if label_source == "gt" else least_trusted(p.drop_least_confident, index.splits["train"])
+    model, train_seconds = train_network(p, index, labels_dir, what, len(class_names), info, device, amp, left_out)
 
     # self-training (the pseudo-label run only): each round trains a fresh network on the last one's labels
     rounds: dict[str, dict] = {}  # round_<r>: the val mIoU of the network of round r and the mIoU of its labels
@@ -119,7 +118,8 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
                 rounds[f"round_{r}"]["labels_miou"] = round(mean_iou(confusion), 4)  # on the training ids with masks
                 log.info("self-training round %d: the labels of round %d's network score mIoU %.4f on the training ids", r + 1, r,
                          rounds[f"round_{r}"]["labels_miou"])
-            model, seconds = train_network(p, index, round_dir, f"round {r} network's labels", len(class_names), info, device, amp)
+            model, seconds = train_network(p, index, round_dir, f"round {r} network's labels", len(class_names), info, device, amp,
+                                           left_out)
             train_seconds += seconds
     if not info.is_main:  # rank 0 scores and writes
         return
@@ -138,6 +138,8 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
         "processes": info.world_size,
         "recipe": recipe_digest(p),
     }
+    if p.drop_least_confident > 0 and label_source != "gt":
+        metrics["left_out"] = len(left_out)  # the least confident training ids (segment.drop_least_confident)
     if rounds:
         metrics["self_training"] = rounds
     if not reference and miou is not None:
@@ -165,17 +167,34 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
              metrics["miou"], len(val_ids), train_seconds, score_seconds, out)
 
 
+def least_trusted(share: float, train_ids: list[str]) -> list[str]:
+    """The ``share`` of ``train_ids`` whose labels outputs/confidence.csv trusts least (never a
+    hand-corrected one); none for share 0, without reading the file."""
+    if share <= 0:
+        return []
+    rows = read_confidence(CONFIDENCE)
+    missing = [i for i in train_ids if i not in rows]
+    if missing:
+        raise InputError(f"{CONFIDENCE}: no confidence for {len(missing)} training id(s), e.g. {', '.join(missing[:3])}; "
+                         "rerun the confidence stage")
+    left_out = least_confident({i: rows[i] for i in train_ids}, int(round(share * len(train_ids))))
+    log.info("segment.drop_least_confident %g: %d least confident training id(s) left out (%s)", share, len(left_out),
+             CONFIDENCE)
+    return left_out
+
+
 def train_network(p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, what: str, num_classes: int,
-                  info: distributed.DistInfo, device: torch.device, amp: torch.dtype | None) -> tuple[torch.nn.Module, float]:
-    """A network trained from its initial weights on the training ids with the labels of
-    ``labels_dir`` (None: the true masks), or the average of its weights when ``segment.ema``
-    asks for one. Returns it and the seconds it took."""
+                  info: distributed.DistInfo, device: torch.device, amp: torch.dtype | None,
+                  left_out: Sequence[str] = ()) -> tuple[torch.nn.Module, float]:
+    """A network trained from its initial weights on the training ids but ``left_out`` with the
+    labels of ``labels_dir`` (None: the true masks), or the average of its weights when
+    ``segment.ema`` asks for one. Returns it and the seconds it took."""
     generator = seed_everything(p.seed)  # the same initial weights on every rank
     mean, std = encoder_normalization(p.encoder)
     model = build_segmenter(p.arch, p.encoder, num_classes, weights=p.weights, decoder_channels=p.decoder_channels)
     model = model.to(device).to(memory_format=torch.channels_last)
     augment = segment_augmentation(p.crop_size, p.scale_range, fill=[255 * m for m in mean], seed=p.seed + info.rank)
-    train_set = SegmentationDataset(index.dataset("train"), labels_dir, num_classes, augment, mean, std)
+    train_set = SegmentationDataset(index.dataset("train", leave_out=left_out), labels_dir, num_classes, augment, mean, std)
     loader, sampler = make_train_loader(train_set, batch_size=p.batch_size, info=info, seed=p.seed, generator=generator,
                                         num_workers=p.num_workers, device=device)
     optimizer = build_optimizer(model, p)

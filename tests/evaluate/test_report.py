@@ -38,7 +38,7 @@ def test_charts_bars_and_confusion_parse(tmp_path):
     assert ">75</td>" in cm and ">25</td>" in cm  # row shares in %
     (tmp_path / "worst").mkdir()
     (tmp_path / "worst" / "x.png").write_bytes(b"")
-    page = write_report(tmp_path, title="r", summary={"k": 1}, worst=[("x", 0.2, "worst/x.png")],
+    page = write_report(tmp_path, title="r", summary={"k": 1}, worst=[("x", "pseudo-label mIoU 0.200", "worst/x.png")],
                         per_class={"cat": 0.5}, confusion=np.eye(2, dtype=int), names=["background", "cat"], charts=[svg])
     links = parse_report(page)
     assert links.images == ["worst/x.png"] and links.svgs == 1

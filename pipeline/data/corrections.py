@@ -1,0 +1,91 @@
+"""Hand corrections: label masks a person fixed, which replace the pipeline's pseudo-labels.
+
+``data.corrections_dir`` holds one PNG per corrected training id, named as the label it
+replaces (``<id>.png``, in the dataset's id layout), in the VOC ``SegmentationClass`` encoding:
+0 background, c + 1 class c, 255 ignore, palette or greyscale, the image's size. Any tool that
+writes VOC masks makes them; ``python -m pipeline.evaluate.review`` writes the least trusted
+labels in that form to start from. The folder may also hold text files (a README); anything else
+is an error, so a mask saved under a wrong name or format is never silently left out.
+
+Where a correction exists it replaces that id's labels in both exported label sets (the
+``crf`` stage's and the ``refine`` stage's), and so in everything that reads them: the walk's
+training, the segmenter, the report and the metrics, which count the corrected ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.errors import InputError
+from pipeline.core.io import IGNORE_INDEX, id_path, read_label_png, write_label_png
+
+__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "apply_corrections"]
+
+log = logging.getLogger("wsl")
+
+NOTE_SUFFIXES = (".md", ".txt")  # files a corrections folder may hold besides the masks
+
+
+def find_corrections(folder: str | os.PathLike, ids: Sequence[str]) -> dict[str, Path]:
+    """``{id: mask path}`` for the training ids with a correction in ``folder``; none when it
+    does not exist (``dvc repro`` stops earlier: the folder is a dependency of the stages that
+    read it, so a mistyped path is caught there; a stage run by hand logs it).
+
+    Raises:
+        InputError: ``folder`` is a file, or a file in it is neither a note nor
+            ``<training id>.png`` (the message names the file).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        log.info("data.corrections_dir %s: no such folder, so no hand corrections", folder)
+        return {}
+    if not folder.is_dir():
+        raise InputError(f"data.corrections_dir {folder}: not a folder")
+    found = {i: id_path(folder, i, ".png") for i in ids}
+    found = {i: p for i, p in found.items() if p.is_file()}
+    known = {os.path.normpath(p) for p in found.values()}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in NOTE_SUFFIXES or path.name.startswith("."):
+            continue
+        if path.is_dir():
+            raise InputError(f"{path}: a folder; corrections are <training id>.png directly in {folder}")
+        if os.path.normpath(path) not in known:
+            what = "a PNG whose name is no training id" if path.suffix.lower() == ".png" else "not a PNG mask"
+            raise InputError(f"{path}: {what}; a correction is <training id>.png (VOC SegmentationClass encoding)")
+    return found
+
+
+def read_correction(path: str | os.PathLike, num_classes: int, size: tuple[int, int]) -> np.ndarray:
+    """The ``(H, W)`` uint8 labels of one correction, checked against the class count
+    (values ``0 .. num_classes``, background included, or 255) and the image's ``size`` (H, W)."""
+    try:
+        labels = read_label_png(path)
+    except ValueError as err:  # a colour (RGB) PNG: its colours are not class indices
+        raise InputError(f"{err}; save the correction as a palette or greyscale PNG of class indices") from None
+    if labels.shape != tuple(size):
+        raise InputError(f"{path}: correction is {labels.shape[1]}x{labels.shape[0]} pixels, its image "
+                         f"{size[1]}x{size[0]}")
+    bad = np.unique(labels[(labels > num_classes) & (labels != IGNORE_INDEX)])
+    if bad.size:
+        raise InputError(f"{path}: value(s) {', '.join(map(str, bad[:5].tolist()))} are no class: 0 is background, "
+                         f"1..{num_classes} the classes, 255 ignore")
+    return labels
+
+
+def load_corrections(folder: str | os.PathLike, ids: Sequence[str], num_classes: int,
+                     sizes: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
+    """Every correction in ``folder`` for ``ids``, read and checked (``sizes``: each id's (H, W))."""
+    return {i: read_correction(p, num_classes, sizes[i]) for i, p in find_corrections(folder, ids).items()}
+
+
+def apply_corrections(labels_dir: str | os.PathLike, corrections: Mapping[str, Path], num_classes: int,
+                      sizes: Mapping[str, tuple[int, int]]) -> int:
+    """Write each correction over ``labels_dir/<id>.png``; returns how many were written."""
+    for image_id, path in corrections.items():
+        write_label_png(id_path(labels_dir, image_id, ".png"), read_correction(path, num_classes, sizes[image_id]))
+    return len(corrections)

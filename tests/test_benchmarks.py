@@ -84,3 +84,14 @@ def test_scale_on_two_tiny_sizes(tmp_path):
     assert "marginal_s_per_img" not in small
     assert out["flatness"]["prepare"]["peak_rss_largest_over_smallest"] > 0
     assert _read(tmp_path / "scale.json")["flatness"] == out["flatness"]
+
+
+def test_dvc_scale_smoke(tmp_path):
+    from benchmarks import dvc_scale
+
+    dvc_scale.main(["--sizes", "10", "20", "--runs", "1", "--scratch", str(tmp_path), "--out", str(tmp_path)])
+    rows = _read(tmp_path / "dvc_scale.json")["results"]
+    assert [r["images"] for r in rows] == [10, 20] and [r["files"] for r in rows] == [40, 80]
+    for r in rows:
+        assert r["noop_repro_s"] > 0 and r["status_s"] > 0 and r["cache_mib"] > 0
+    assert rows[1]["noop_growth_vs_images"] > 0

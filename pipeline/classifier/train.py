@@ -23,6 +23,7 @@ from pipeline.core.config import ModelParams, TrainParams
 from pipeline.core.device import amp_dtype, seed_everything, to_tensor
 from pipeline.core.metrics import mean_average_precision
 from pipeline.core.paths import CLASSIFIER
+from pipeline.core.resume import Resume
 from pipeline.core.training import build_optimizer, fit, make_train_loader
 from pipeline.data.index import DatasetIndex
 from pipeline.data.voc import VOCDataset
@@ -150,9 +151,12 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
 
     optimizer = build_optimizer(model, train_p)
     evaluate = lambda: {"val_map": evaluate_map(model, val_loader, device, amp)}  # noqa: E731
+    # a killed run resumes after its last finished epoch (each phase its own file, kept until the checkpoint is saved)
+    weights = [model_p.weights] if Path(model_p.weights).is_file() else []
+    resumes = [Resume.for_run(phase, [model_p, train_p, index.to_dict(), info.world_size], weights) for phase in ("train", "train_recam")]
     metrics, seconds = fit(distributed.data_parallel(model, info, device), train_loader, optimizer, epochs=train_p.epochs,
                            schedule=train_p.schedule, device=device, info=info, sampler=sampler, amp=amp,
-                           evaluate=evaluate, live=live, freeze_bn=train_p.freeze_bn)
+                           evaluate=evaluate, live=live, freeze_bn=train_p.freeze_bn, resume=resumes[0])
     result = {"loss": metrics["loss"], "val_map": metrics.get("val_map", float("nan")), "seconds": seconds}
     extra = {}
     if train_p.recam_epochs > 0:
@@ -161,11 +165,13 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
         recam_metrics, recam_seconds = fit(distributed.data_parallel(recam, info, device), train_loader, build_optimizer(recam, recam_p),
                                            epochs=train_p.recam_epochs, schedule=train_p.schedule, device=device, info=info,
                                            sampler=sampler, amp=amp, criterion=recam_criterion(train_p.recam_loss_weight),
-                                           evaluate=evaluate, live=live, name="recam", freeze_bn=True)
+                                           evaluate=evaluate, live=live, name="recam", freeze_bn=True, resume=resumes[1])
         extra = {"recam_weight": recam.recam_head.weight.detach().cpu()}
         result.update(recam_loss=recam_metrics["loss"], recam_ce=recam_metrics.get("ce", float("nan")),
                       val_map=recam_metrics.get("val_map", float("nan")), seconds=seconds + recam_seconds)
     if info.is_main:
         save_checkpoint(out, {"state_dict": model.state_dict(), "backbone": model_p.backbone, "output_stride": model_p.output_stride,
                               "classes": list(index.classes), "mean": list(mean), "std": list(std), **extra})
+        for resume in resumes:
+            resume.clear()
     return result

@@ -13,6 +13,7 @@ FOLDER_VIEW = Path("data/folder_view")  # data.source folder: the VOC-shaped vie
 COCO_VIEW = Path("data/coco_view")  # data.source coco: image links, rendered masks and XML boxes (not a DVC output)
 
 CLASSIFIER = Path("models/classifier.pt")
+RESUME_DIR = Path("models/.resume")  # a killed training stage's last finished epoch (pipeline/core/resume.py); not a DVC output
 PROTOTYPES = Path("models/prototypes.pt")  # the prototypes stage's: LPCAM's class prototypes (cam.method lpcam)
 SEEDS = Path("outputs/seeds")
 MASKS = Path("outputs/masks")

@@ -17,7 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from pipeline.core import distributed
 from pipeline.core.distributed import DistInfo
+from pipeline.core.resume import Resume, rng_state, set_rng_state
 
 __all__ = ["build_optimizer", "lr_factor", "make_train_loader", "train_one_epoch", "fit"]
 
@@ -181,6 +183,8 @@ def fit(
     live: Any = None,
     name: str = "",
     freeze_bn: bool = False,
+    resume: Resume | None = None,
+    extra: dict[str, nn.Module] | None = None,
 ) -> tuple[dict[str, float], float]:
     """The training loop of every network the pipeline trains: ``epochs`` passes of
     :func:`train_one_epoch` over ``loader`` (reshuffled per epoch under DDP through ``sampler``),
@@ -190,14 +194,42 @@ def fit(
     ``evaluate()``: called on rank 0 after each epoch; its scores join the epoch's line.
     ``live``: a dvclive ``Live`` (rank 0) that gets every term and score per epoch.
     ``freeze_bn``: as :func:`train_one_epoch`.
-    Returns the last epoch's mean loss terms (and scores) and the seconds the loop took.
+    ``resume``: after every epoch the run's whole state is saved there (rank 0, with every
+    rank's random generators), and a saved state that matches is picked up at the start
+    (:mod:`pipeline.core.resume`); ``extra``: modules saved and restored with it (a weight
+    average that ``after_step`` updates).
+    Returns the last epoch's mean loss terms (and scores) and the seconds the loop took
+    (a resumed run's included).
     """
     scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     total_steps, step = epochs * len(loader), 0
     metrics: dict[str, float] = {"loss": float("nan")}
     prefix = f"{name} " if name else ""
+    core = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    history: list[dict[str, float]] = []  # every finished epoch's line (a resumed run replays them into live)
+    first, before = 0, 0.0
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        for key, module in (extra or {}).items():
+            module.load_state_dict(state["extra"][key])
+        step, first, before, history = state["step"], state["epoch"], state["seconds"], state["history"]
+        set_rng_state(state["rng"][info.rank], loader)
+        metrics = dict(history[-1]) if history else metrics
+        if info.is_main:
+            for line in history:
+                if live is not None:
+                    for key, value in line.items():
+                        live.log_metric(key, value)
+                    live.next_step()
+            workers = getattr(loader, "num_workers", 0)
+            log.info("%sresuming after epoch %d of %d from %s%s", prefix, first, epochs, resume.path,
+                     f" (its {workers} DataLoader workers draw other augmentations than an uninterrupted run's)" if workers else "")
     start = time.perf_counter()
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
         desc = f"{prefix}epoch {epoch + 1}/{epochs}"
@@ -206,6 +238,8 @@ def fit(
                                         device=device, progress=bar, amp=amp, scaler=scaler, criterion=criterion,
                                         after_step=after_step, freeze_bn=freeze_bn)
         if not info.is_main:  # the other ranks go on and wait for rank 0 at the next gradient exchange
+            if resume is not None:
+                distributed.all_gather_object(rng_state(loader), info)
             continue
         if evaluate is not None:
             metrics = {**metrics, **evaluate()}
@@ -214,4 +248,11 @@ def fit(
                 live.log_metric(key, value)
             live.next_step()
         log.info("%s: %s", desc, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return metrics, time.perf_counter() - start
+        history.append(metrics)
+        if resume is not None:
+            rngs = distributed.all_gather_object(rng_state(loader), info)
+            resume.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scaler": scaler.state_dict() if scaler is not None else None,
+                         "extra": {k: m.state_dict() for k, m in (extra or {}).items()}, "step": step, "epoch": epoch + 1,
+                         "seconds": before + time.perf_counter() - start, "history": history, "rng": rngs})
+    return metrics, before + time.perf_counter() - start

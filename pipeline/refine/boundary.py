@@ -33,6 +33,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_dir, id_path, read_label_png, write_label_png
 from pipeline.core.parallel import parallel_map
 from pipeline.core.paths import AFFINITY_LABELS, AFFINITY_MODEL, CLASSIFIER, PSEUDO_LABELS, SEEDS
+from pipeline.core.resume import Resume
 from pipeline.core.training import fit, make_train_loader
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.data.index import DatasetIndex
@@ -211,10 +212,15 @@ def train_boundary_net(index: DatasetIndex, aff_p: AffinityParams, info: distrib
                            affinity_augmentation(aff_p.crop_size, aff_p.scale_range, fill, seed=aff_p.seed), mean, std)
     loader, sampler = make_train_loader(data, batch_size=aff_p.batch_size, info=info, seed=aff_p.seed, generator=generator,
                                         num_workers=aff_p.num_workers, device=device)
+    uses_classifier = aff_p.backbone == "classifier"
+    resume = Resume.for_run("affinity", [aff_p, index.to_dict(), str(labels_dir), info.world_size],
+                            [labels_dir, *([classifier_path] if uses_classifier else []),
+                             *([aff_p.weights] if Path(aff_p.weights).is_file() else [])])
     losses, seconds = fit(distributed.data_parallel(net, info, device), loader, optimizer, epochs=aff_p.epochs, schedule="poly",
                           device=device, info=info, sampler=sampler, amp=amp_dtype(aff_p.amp, device),
-                          criterion=boundary_criterion(pair_offsets(aff_p.radius).to(device)), name="affinity")
+                          criterion=boundary_criterion(pair_offsets(aff_p.radius).to(device)), name="affinity", resume=resume)
     if info.is_main:
         save_checkpoint(out, {"trained": True, "state_dict": net.state_dict(), "encoder": spec, "width": aff_p.width,
                               "mean": list(mean), "std": list(std)})
+        resume.clear()
     return losses, seconds

@@ -35,6 +35,7 @@ from pipeline.core.paths import (
     SEGMENTER_REFERENCE,
     SELF_TRAINING_LABELS,
 )
+from pipeline.core.resume import Resume
 from pipeline.core.training import build_optimizer, fit, make_train_loader
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.data.index import DatasetIndex
@@ -99,7 +100,8 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
     class_names = ["background", *index.classes]
     what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
     left_out = [] if label_source == "gt" else least_trusted(p.drop_least_confident, index.splits["train"])
-    model, train_seconds = train_network(p, index, labels_dir, what, len(class_names), info, device, amp, left_out)
+    resume = _resume("segment_reference" if reference else "segment", p, index, labels_dir, left_out, info)
+    model, train_seconds = train_network(p, index, labels_dir, what, len(class_names), info, device, amp, left_out, resume)
 
     # self-training (the pseudo-label run only): each round trains a fresh network on the last one's labels
     rounds: dict[str, dict] = {}  # round_<r>: the val mIoU of the network of round r and the mIoU of its labels
@@ -118,6 +120,7 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
                 rounds[f"round_{r}"]["labels_miou"] = round(mean_iou(confusion), 4)  # on the training ids with masks
                 log.info("self-training round %d: the labels of round %d's network score mIoU %.4f on the training ids", r + 1, r,
                          rounds[f"round_{r}"]["labels_miou"])
+            # no resume inside a self-training round: its labels live in a scratch folder that a kill removes
             model, seconds = train_network(p, index, round_dir, f"round {r} network's labels", len(class_names), info, device, amp,
                                            left_out)
             train_seconds += seconds
@@ -163,6 +166,7 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
         "label_source": label_source,
     })
     write_json(SEGMENT_REFERENCE_METRICS if reference else SEGMENT_METRICS, metrics)
+    resume.clear()
     log.info("%s: val mIoU %s on %d held-out images (training %.0f s, scoring %.0f s) -> %s", "segment_reference" if reference else "segment",
              metrics["miou"], len(val_ids), train_seconds, score_seconds, out)
 
@@ -183,9 +187,16 @@ def least_trusted(share: float, train_ids: list[str]) -> list[str]:
     return left_out
 
 
+def _resume(name: str, p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, left_out: Sequence[str],
+            info: distributed.DistInfo) -> Resume:
+    """Where a killed training run of the segment stages resumes from (:mod:`pipeline.core.resume`)."""
+    return Resume.for_run(name, [p, index.to_dict(), sorted(left_out), str(labels_dir), info.world_size],
+                          [*([labels_dir] if labels_dir is not None else []), *([p.weights] if Path(p.weights).is_file() else [])])
+
+
 def train_network(p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, what: str, num_classes: int,
                   info: distributed.DistInfo, device: torch.device, amp: torch.dtype | None,
-                  left_out: Sequence[str] = ()) -> tuple[torch.nn.Module, float]:
+                  left_out: Sequence[str] = (), resume: Resume | None = None) -> tuple[torch.nn.Module, float]:
     """A network trained from its initial weights on the training ids but ``left_out`` with the
     labels of ``labels_dir`` (None: the true masks), or the average of its weights when
     ``segment.ema`` asks for one. Returns it and the seconds it took."""
@@ -203,7 +214,8 @@ def train_network(p: SegmentParams, index: DatasetIndex, labels_dir: Path | None
     after_step = (lambda step: average.update(model, step=step)) if average is not None else None
     log.info("training %s on %s on the %s of %d ids (%d steps per epoch)", p.arch, p.encoder, what, len(train_set), len(loader))
     _, seconds = fit(distributed.data_parallel(model, info, device), loader, optimizer, epochs=p.epochs, schedule=p.schedule,
-                     device=device, info=info, sampler=sampler, amp=amp, criterion=segmentation_loss, after_step=after_step)
+                     device=device, info=info, sampler=sampler, amp=amp, criterion=segmentation_loss, after_step=after_step,
+                     resume=resume, extra={"average": average} if average is not None else None)
     # the averaged weights are the ones scored, labelled with and saved
     return (average.module if average is not None else model), seconds
 

@@ -1,0 +1,88 @@
+"""Each training stage killed (SIGKILL) after its second epoch and rerun finishes with the
+weights and metrics of an uninterrupted run, on the tiny built-in run (tiny params, CPU)."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_stage, write_params
+
+EPOCHS = 5
+# stage: (its params section, the resume file, the network it saves, its metrics file)
+STAGES = {
+    "train": ("train", "train", "models/classifier.pt", "metrics/train.json"),
+    "affinity": ("affinity", "affinity", "models/affinity.pt", "metrics/affinity.json"),
+    "segment_reference": ("segment", "segment_reference", "models/segmenter_gt.pt", "metrics/segment_reference.json"),
+    "segment": ("segment", "segment", "models/segmenter.pt", "metrics/segment.json"),
+}
+COPY = ("data/prepared", "models", "outputs/seeds", "outputs/masks", "outputs/pseudo_labels", "outputs/refined",
+        "outputs/confidence.csv", "outputs/boxes.json")
+
+
+def _project(run: Path, dst: Path, section: str) -> None:
+    for sub in COPY:
+        (dst / sub).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (run / sub).is_dir() else shutil.copyfile)(run / sub, dst / sub)
+    params = json.loads(json.dumps(TINY))
+    params[section] = {**params[section], "epochs": EPOCHS, "num_workers": 0}
+    if section == "segment":
+        params["segment"]["epochs"] = EPOCHS
+    write_params(dst, params)
+
+
+def _timeless(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not (k.endswith("seconds") or k.endswith("_s"))}
+
+
+def _kill_after_second_epoch(cwd: Path, stage: str, resume_name: str) -> None:
+    state_file = cwd / "models/.resume" / f"{resume_name}.pt"
+    proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state_file.is_file():
+            try:
+                if torch.load(state_file, weights_only=True)["epoch"] >= 2:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            except Exception:  # noqa: BLE001 - a file being renamed into place: read it again
+                pass
+        time.sleep(0.02)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, f"{stage} was not killed mid-run: {proc.stderr.read()[-2000:]}"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_a_killed_training_stage_resumes_to_the_uninterrupted_result(pipeline_run, tmp_path, stage):
+    section, resume_name, network, metrics = STAGES[stage]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for cwd in (whole, killed):
+        _project(pipeline_run, cwd, section)
+    result = run_stage(whole, stage)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _kill_after_second_epoch(killed, stage, resume_name)
+    result = run_stage(killed, stage)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch" in result.stderr
+    a = torch.load(whole / network, weights_only=True)["state_dict"]
+    b = torch.load(killed / network, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _timeless(json.loads((whole / metrics).read_text())) == _timeless(json.loads((killed / metrics).read_text()))
+    assert not (killed / "models/.resume").exists() and not (whole / "models/.resume").exists()
+
+
+def test_changed_params_start_afresh_and_say_why(pipeline_run, tmp_path):
+    _project(pipeline_run, tmp_path, "train")
+    _kill_after_second_epoch(tmp_path, "train", "train")
+    params = json.loads(json.dumps(TINY))
+    params["train"] = {**params["train"], "epochs": EPOCHS, "num_workers": 0, "lr": 0.002}
+    write_params(tmp_path, params)
+    result = run_stage(tmp_path, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "written with other params or inputs: starting afresh" in result.stderr and "resuming" not in result.stderr

@@ -97,6 +97,21 @@ def render_mask(height: int, width: int, annotations: Iterable[Mapping]) -> np.n
     return mask
 
 
+def _annotation(a: Mapping, index: Mapping[int, int], classes: list[str], where: str) -> dict:
+    """One COCO annotation as :func:`render_mask` reads it; a missing key or a category id that
+    ``categories`` does not list is an error naming the file, the image and the annotation."""
+    what = f"{where}, annotation {a.get('id', '?')}"
+    missing = [key for key in ("segmentation", "category_id", "bbox") if key not in a]
+    if missing:
+        raise DatasetError(f"{what}: no {', '.join(repr(k) for k in missing)}")
+    if a["category_id"] not in index:
+        raise DatasetError(f"{what}: category_id {a['category_id']!r} is not among the file's categories "
+                           f"({', '.join(map(str, sorted(index)))})")
+    label = index[a["category_id"]]
+    return {"segmentation": a["segmentation"], "area": a.get("area", 0.0), "iscrowd": a.get("iscrowd", 0), "bbox": a["bbox"],
+            "label": label, "name": classes[label]}
+
+
 def _write_image(job) -> str:
     """Process-pool job: link the image, write its mask and its XML into the view."""
     root, image_id, image_path, height, width, annotations = job
@@ -177,12 +192,13 @@ def build_coco_view(root: str | os.PathLike, out: str | os.PathLike, lists: Iter
             path = root / split / info["file_name"]
             if not path.is_file():
                 raise DatasetError(f"{path}: image {image_id!r} of {instances_file(root, split)} not found")
-            annotations = [
-                {"segmentation": a["segmentation"], "area": a.get("area", 0.0), "iscrowd": a.get("iscrowd", 0),
-                 "bbox": a["bbox"], "label": index[a["category_id"]], "name": classes[index[a["category_id"]]]}
-                for a in coco.imgToAnns.get(coco_id, [])
-            ]
-            yield view, image_id, path, int(info["height"]), int(info["width"]), annotations
+            where = f"{instances_file(root, split)}: image {info.get('file_name', coco_id)!r}"
+            annotations = [_annotation(a, index, classes, where) for a in coco.imgToAnns.get(coco_id, [])]
+            try:
+                height, width = int(info["height"]), int(info["width"])
+            except (KeyError, TypeError, ValueError) as err:
+                raise DatasetError(f"{where}: no valid height and width ({type(err).__name__}: {err})") from None
+            yield view, image_id, path, height, width, annotations
 
     done = parallel_map(_write_image, jobs(), processes=processes, chunksize=16)
     for _ in (progress(done, total=len(wanted), desc="COCO masks", unit="img") if progress else done):

@@ -106,3 +106,46 @@ def test_every_stage_runs_on_a_tiny_coco_set(tmp_path):
     pseudo = json.loads((cwd / "metrics/pseudo_labels.json").read_text())
     assert 0.0 < pseudo["miou"] <= 1.0
     assert json.loads((cwd / "metrics/boxes.json").read_text())["num_gt_boxes"] > 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_segmentation", r"instances_train2014\.json: image 'COCO_train2014_000000000000\.jpg', annotation 1: no 'segmentation'"),
+    ("no_height", r"instances_train2014\.json: image 'COCO_train2014_000000000000\.jpg': no valid height and width"),
+    ("unknown_category", r"annotation 1: category_id 999 is not among the file's categories \(13, 23"),
+    ("no_category_id", r"instances_train2014\.json: not a COCO instances file \(KeyError: 'category_id'\)"),
+])
+def test_a_damaged_instances_file_names_the_file_image_and_annotation(tmp_path, damage, message):
+    root, _, _ = coco_from_builtin(tmp_path, num_train=3, num_val=1)
+    path = root / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    first = data["annotations"][0]
+    if damage == "no_segmentation":
+        del first["segmentation"]
+    elif damage == "no_height":
+        del data["images"][0]["height"]
+    elif damage == "unknown_category":
+        first["category_id"] = 999
+    else:
+        del first["category_id"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        build_coco_view(root, tmp_path / "view", ["train2014"], processes=1)
+
+
+def test_an_image_without_annotations_and_one_with_crowds_only(tmp_path):
+    """No annotation: an all-background mask and no class; crowd regions only: void there, no class."""
+    root, _, _ = coco_from_builtin(tmp_path, num_train=3, num_val=1)
+    path = root / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 1000]
+    for a in data["annotations"]:
+        if a["image_id"] == 1001:
+            a["iscrowd"] = 1
+    path.write_text(json.dumps(data))
+    view, _, _ = build_coco_view(root, tmp_path / "view", ["train2014"], processes=1)
+    empty = read_label_png(view / "SegmentationClass" / "COCO_train2014_000000000000.png")
+    crowd = read_label_png(view / "SegmentationClass" / "COCO_train2014_000000000001.png")
+    assert set(np.unique(empty).tolist()) == {0}
+    assert set(np.unique(crowd).tolist()) <= {0, 255} and (crowd == 255).any()
+    voc = VOCDataset(view, "train2014")
+    assert voc.labels("COCO_train2014_000000000000") == () and voc.labels("COCO_train2014_000000000001") == ()

@@ -140,3 +140,15 @@ def test_every_stage_runs_on_a_folder_without_masks(tmp_path):
     assert len(list((cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass").glob("*.png"))) == 24
     assert (cwd / "reports/index.html").is_file()
     assert "NaN" not in "".join(p.read_text() for p in (cwd / "metrics").glob("*.json"))
+
+
+def test_a_csv_saved_with_a_byte_order_mark_and_crlf_line_ends_reads_as_any_other(tmp_path):
+    """Excel on Windows saves "CSV UTF-8" with a BOM and CRLF ends: the header and the last
+    field must not keep either."""
+    f = tmp_path / "labels.csv"
+    f.write_bytes("\ufeffimage,labels,split\r\na.jpg,dog;person,train\r\nb.jpg,cat,val\r\n".encode("utf-8"))
+    parsed = read_labels_file(f)
+    assert parsed.names == {"a": ["dog", "person"], "b": ["cat"]} and parsed.splits == {"a": "train", "b": "val"}
+    onehot = tmp_path / "onehot.csv"
+    onehot.write_bytes("\ufefffile,zebra,apple\r\nx.jpg,1,0\r\n".encode("utf-8"))
+    assert read_labels_file(onehot).classes == ["zebra", "apple"]

@@ -488,3 +488,22 @@ def test_predict_rejects_shared_stems_and_missing_or_empty_folders(checkpoint, t
     (only_bad / "x.png").write_bytes(b"")
     args = ["--model", str(checkpoint), "--images", str(only_bad), "--out", str(tmp_path / "out"), "--device", "cpu", "--skip-bad"]
     assert predict.main(args) == 1  # every image skipped is not a success
+
+
+def test_predict_reads_cmyk_16_bit_and_one_pixel_images(checkpoint, tmp_path):
+    """Odd but valid images are labelled at their own size: a CMYK JPEG, a 16-bit greyscale PNG,
+    a 1 x 1 PNG, a palette PNG with transparency."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(_image(30, 40, 0)).convert("CMYK").save(images / "cmyk.jpg", quality=95)
+    Image.fromarray((np.arange(30 * 40).reshape(30, 40) * 50).astype(np.uint16)).save(images / "deep.png")
+    assert Image.open(images / "deep.png").mode.startswith("I")
+    Image.fromarray(_image(1, 1, 1)).save(images / "dot.png")
+    palette = Image.fromarray(_image(20, 24, 2)).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(images / "pal.png")
+    summary = predict.predict_folder(checkpoint, images, tmp_path / "out", device="cpu", progress=None)
+    assert summary == predict.PredictSummary(4)
+    for stem, (h, w) in (("cmyk", (30, 40)), ("deep", (30, 40)), ("dot", (1, 1)), ("pal", (20, 24))):
+        with Image.open(tmp_path / "out" / "labels" / f"{stem}.png") as label:
+            assert label.size == (w, h) and label.mode == "P"

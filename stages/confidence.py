@@ -22,7 +22,7 @@ def main() -> None:
     eval_ids = set(eval_voc.ids)
 
     def truth(image_id):
-        return eval_voc.load_mask(image_id) if image_id in eval_ids and eval_voc.has_mask(image_id) else None
+        return eval_voc.load_mask(image_id, index.size(image_id)) if image_id in eval_ids and eval_voc.has_mask(image_id) else None
 
     rows, summary = score_confidence(
         ids, exported_dir=EXPORTED_LABELS[refine_p.export] / VOC_SUBDIR / "SegmentationClass", masks_dir=MASKS,

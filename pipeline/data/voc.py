@@ -233,6 +233,10 @@ class VOCDataset:
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but image "
                 f"{self.image_path(image_id)} is {image_size[1]}x{image_size[0]}"
             )
+        stray = np.unique(mask[(mask > len(self.classes)) & (mask != IGNORE_INDEX)])
+        if stray.size:
+            raise DatasetError(f"{path}: mask value(s) {', '.join(map(str, stray[:5].tolist()))} are no class of the "
+                               f"{len(self.classes)} (0 background, 1..{len(self.classes)} the classes, 255 void)")
         return mask
 
     def load_annotation(self, image_id: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -159,3 +159,22 @@ def test_drop_least_confident_leaves_out_that_share(pipeline_run, tmp_path, monk
     Path("outputs/confidence.csv").write_text("id,confidence,agree_masks,agree_crf,labeled_share,num_classes,corrected\n")
     with pytest.raises(ValueError, match=r"no confidence for 24 training id\(s\)"):
         least_trusted(0.25, train)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("values", r"{path}: mask value\(s\) 99 are no class of the"),
+    ("size", r"{path}: mask is 40x40 \(WxH\) but image .* is 64x64"),
+])
+def test_a_bad_ground_truth_mask_stops_confidence_and_evaluate_naming_it(pipeline_run, tmp_path, damage, message):
+    _copy(pipeline_run, tmp_path)
+    index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
+    target = index["splits"]["eval"][0]
+    path = Path(index["root"]) / "SegmentationClass" / f"{target}.png"
+    mask = read_label_png(tmp_path / path)
+    write_label_png(tmp_path / path, np.full_like(mask, 99) if damage == "values" else mask[:40, :40].copy())
+    before = (tmp_path / "outputs/confidence.csv").read_bytes()
+    for stage in ("confidence", "evaluate"):
+        result = run_stage(tmp_path, stage)
+        assert result.returncode == 1 and re.search(message.format(path=re.escape(str(path))), result.stderr), result.stderr
+    assert (tmp_path / "outputs/confidence.csv").read_bytes() == before
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "reports").exists()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -88,7 +89,7 @@ def measure(size: int, runs: int, scratch: Path) -> dict:
     (project / "writer.py").write_text(_WRITER)
     stages = {}
     for name, out, kind, dep in CHAIN:
-        stages[name] = {"cmd": f"{sys.executable} writer.py {kind} {size} {out}", "deps": ["writer.py", *([dep] if dep else [])],
+        stages[name] = {"cmd": f"{shlex.quote(sys.executable)} writer.py {kind} {size} {out}", "deps": ["writer.py", *([dep] if dep else [])],
                         "outs": [out]}
     (project / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     first = _dvc(project, "repro", "-q")
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{size} images: first repro {r['first_repro_s']} s, no-op repro {r['noop_repro_s']} s, status "
                   f"{r['status_s']} s, cache {r['cache_mib']} MiB", flush=True)
     for a, b in zip(rows, rows[1:]):  # growth against the number of images: 1.0 = linear
-        b["noop_growth_vs_images"] = round((b["noop_repro_s"] / a["noop_repro_s"]) / (b["images"] / a["images"]), 3)
-        b["status_growth_vs_images"] = round((b["status_s"] / a["status_s"]) / (b["images"] / a["images"]), 3)
+        scale = b["images"] / a["images"]
+        b["noop_growth_vs_images"] = round(b["noop_repro_s"] / max(a["noop_repro_s"], 0.01) / scale, 3)
+        b["status_growth_vs_images"] = round(b["status_s"] / max(a["status_s"], 0.01) / scale, 3)
     print_table(["images", "files", "first repro s", "no-op repro s", "status s", "cache MiB"],
                 [[r["images"], r["files"], r["first_repro_s"], r["noop_repro_s"], r["status_s"], r["cache_mib"]] for r in rows])
     payload = {"setting": {"chain": [c[1] for c in CHAIN], "runs": args.runs}, "results": rows}

@@ -5,8 +5,9 @@ output, so ``dvc repro`` leaves it alone), atomically. A rerun with the same inp
 run up after its last finished epoch and says so in one line; any change of params or inputs
 starts afresh and says why. The stage removes the file once its outputs are written.
 
-What "the same inputs" means is a :class:`Resume`'s ``key``: a digest of the stage's params and
-of its input files' contents. Under torchrun rank 0 writes the
+What "the same inputs" means is a :class:`Resume`'s ``key``: a digest of the stage's params, of
+its input files' contents (the dataset index with each image's digest, the labels it trains on,
+the weights it starts from) and of the pipeline's code. Under torchrun rank 0 writes the
 file with every rank's generators, and every rank resumes from it.
 
 Exactness: with ``num_workers`` 0 a resumed run equals an uninterrupted one bit for bit on the
@@ -34,7 +35,7 @@ import torch
 from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.core.paths import RESUME_DIR
 
-__all__ = ["Resume", "inputs_digest", "rng_state", "set_rng_state"]
+__all__ = ["Resume", "inputs_digest", "code_digest", "rng_state", "set_rng_state"]
 
 log = logging.getLogger("wsl")
 
@@ -53,6 +54,13 @@ def inputs_digest(paths: Iterable[str | os.PathLike]) -> str:
                 for block in iter(lambda: stream.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
+
+
+def code_digest() -> str:
+    """A digest of the pipeline package's source (every ``.py`` under ``pipeline/``): a run
+    trained by other code is never resumed (a fix between a crash and the rerun starts afresh)."""
+    package = Path(__file__).resolve().parents[1]
+    return inputs_digest(sorted(package.rglob("*.py")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +82,7 @@ class Resume:
             return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         text = json.dumps([plain(p) for p in (params if isinstance(params, (list, tuple)) else [params])], sort_keys=True,
                           default=str)
-        key = hashlib.blake2b(f"{text}\0{inputs_digest(inputs)}".encode(), digest_size=16).hexdigest()
+        key = hashlib.blake2b(f"{text}\0{inputs_digest(inputs)}\0{code_digest()}".encode(), digest_size=16).hexdigest()
         return cls(name, key, Path(folder))
 
     @property

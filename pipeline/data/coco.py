@@ -98,8 +98,10 @@ def render_mask(height: int, width: int, annotations: Iterable[Mapping]) -> np.n
 
 
 def _annotation(a: Mapping, index: Mapping[int, int], classes: list[str], where: str) -> dict:
-    """One COCO annotation as :func:`render_mask` reads it; a missing key or a category id that
-    ``categories`` does not list is an error naming the file, the image and the annotation."""
+    """One COCO annotation as :func:`render_mask` reads it; a missing ``segmentation`` or ``bbox``,
+    or a category id that ``categories`` does not list, is an error naming the file, the image and
+    the annotation (pycocotools itself refuses a file with an annotation without ``category_id``,
+    which :func:`_load` reports)."""
     what = f"{where}, annotation {a.get('id', '?')}"
     missing = [key for key in ("segmentation", "category_id", "bbox") if key not in a]
     if missing:

@@ -9,7 +9,9 @@ is an error, so a mask saved under a wrong name or format is never silently left
 
 Where a correction exists it replaces that id's labels in both exported label sets (the
 ``crf`` stage's and the ``refine`` stage's), and so in everything that reads them: the walk's
-training, the segmenter, the report and the metrics, which count the corrected ids.
+training (with ``affinity.labels: crf``, the default), the segmenter, the report and the
+metrics, which count the corrected ids. Editing a note in the folder reruns those stages too:
+DVC tracks the folder whole.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from pipeline.core.errors import InputError
 from pipeline.core.io import IGNORE_INDEX, id_path, read_label_png, write_label_png
 
-__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "apply_corrections"]
+__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "check_corrections", "apply_corrections"]
 
 log = logging.getLogger("wsl")
 
@@ -81,6 +83,13 @@ def load_corrections(folder: str | os.PathLike, ids: Sequence[str], num_classes:
                      sizes: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
     """Every correction in ``folder`` for ``ids``, read and checked (``sizes``: each id's (H, W))."""
     return {i: read_correction(p, num_classes, sizes[i]) for i, p in find_corrections(folder, ids).items()}
+
+
+def check_corrections(corrections: Mapping[str, Path], num_classes: int, sizes: Mapping[str, tuple[int, int]]) -> None:
+    """Read and check every correction (:func:`read_correction`) without keeping it: a stage calls
+    this before its long loop, so a bad mask stops it before any work."""
+    for image_id, path in corrections.items():
+        read_correction(path, num_classes, sizes[image_id])
 
 
 def apply_corrections(labels_dir: str | os.PathLike, corrections: Mapping[str, Path], num_classes: int,

@@ -13,6 +13,7 @@ found into its own DOM; ``--dump-dom`` prints that after the page's load.
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import re
 import shutil
@@ -68,7 +69,7 @@ def check_page(page: str | Path, timeout: float = 120) -> dict:
     found = re.search(r'<pre id="result">(.*?)</pre>', result.stdout, re.S)
     if result.returncode != 0 or found is None or found.group(1) == "pending":
         raise RuntimeError(f"{page}: the browser did not finish loading it (exit {result.returncode}): {result.stderr[-2000:]}")
-    report = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    report = json.loads(html.unescape(found.group(1)))
     report["console"] = [line for line in result.stderr.splitlines() if ":CONSOLE" in line and page.name in line]
     return report
 

@@ -17,7 +17,8 @@ corrected yet::
 
 Fixed masks go into ``data.corrections_dir`` (``data/corrections/<id>.png``), where they replace
 the pseudo-labels on the next ``dvc repro`` (pipeline/data/corrections.py). The folder is
-written whole or not at all.
+written whole or not at all, and never over an existing one unless ``--force`` (a person may
+have fixed masks in it).
 """
 
 from __future__ import annotations
@@ -78,17 +79,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write the least trusted pseudo-labels for a person to fix "
                                                  "(then put the fixed masks in data.corrections_dir).")
     parser.add_argument("--least-confident", type=int, default=20, metavar="N", help="how many ids (default 20)")
-    parser.add_argument("--out", type=Path, default=Path("review"), help="the folder to write (replaced whole)")
+    parser.add_argument("--out", type=Path, default=Path("review"), help="the folder to write (must not exist, but with --force)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out folder whole (fixes made in it are lost)")
     parser.add_argument("--labels", type=Path, default=None,
                         help="the labels' SegmentationClass folder (default: the export refine.export names in params.yaml)")
     args = parser.parse_args(argv)
     if args.least_confident < 1:
         parser.error("--least-confident must be at least 1")
+    if args.out.exists() and not args.force:
+        print(f"error: {args.out} exists and may hold masks someone fixed: move them to data.corrections_dir, then remove "
+              "it or pass --force", file=sys.stderr)
+        return 1
     try:
         index = DatasetIndex.from_dict(read_json(INDEX_FILE), str(INDEX_FILE))
         labels_dir = args.labels
         if labels_dir is None:
-            raw = yaml.safe_load(PARAMS_FILE.read_text()) or {}
+            try:
+                raw = yaml.safe_load(PARAMS_FILE.read_text()) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{PARAMS_FILE}: not valid YAML ({err})") from None
+            if not isinstance(raw, dict):
+                raise ValueError(f"{PARAMS_FILE}: not a mapping of sections")
             export = from_dict(RefineParams, raw.get("refine"), f"{PARAMS_FILE}:refine").export
             labels_dir = EXPORTED_LABELS[export] / VOC_SUBDIR / "SegmentationClass"
         rows = read_confidence(CONFIDENCE)

@@ -237,12 +237,12 @@ def _write_mask_scores(thresholds, sweep, masks_cm, pseudo, refined, pxap, score
     write_json(METRICS / "masks.json", {"miou": round(mean_iou(masks_cm), 4), "bg": bg_value,
                                           "bg_mode": bg_record["mode"], **iou_by_name(masks_iou, names)})
     pl_iou = iou_per_class(pseudo.full)
-    # corrected_ids: eval ids whose labels are a hand correction (data.corrections_dir), scored as they are
+    # num_corrected: eval ids whose labels are a hand correction (data.corrections_dir), scored as they are
     write_json(METRICS / "pseudo_labels.json", {**{k: round(v, 4) for k, v in pseudo.summary().items()},
-                                                "corrected_ids": corrected, **iou_by_name(pl_iou, names)})
+                                                "num_corrected": corrected, **iou_by_name(pl_iou, names)})
     refined_iou = iou_per_class(refined.full)
     write_json(METRICS / "refined.json", {"method": refine_p.method, **{k: round(v, 4) for k, v in refined.summary().items()},
-                                          "corrected_ids": corrected, **iou_by_name(refined_iou, names)})
+                                          "num_corrected": corrected, **iou_by_name(refined_iou, names)})
     _write_csv(PLOTS / "bg_sweep.csv", ["bg", "miou"], [[float(t), round(float(m), 4)] for t, m in zip(thresholds, sweep_miou)])
     _write_csv(
         PLOTS / "per_class_iou.csv",

@@ -181,7 +181,10 @@ def least_trusted(share: float, train_ids: list[str]) -> list[str]:
     if missing:
         raise InputError(f"{CONFIDENCE}: no confidence for {len(missing)} training id(s), e.g. {', '.join(missing[:3])}; "
                          "rerun the confidence stage")
-    left_out = least_confident({i: rows[i] for i in train_ids}, int(round(share * len(train_ids))))
+    count = int(round(share * len(train_ids)))
+    if count >= len(train_ids):
+        raise InputError(f"segment.drop_least_confident {share:g} leaves none of the {len(train_ids)} training ids; lower it")
+    left_out = least_confident({i: rows[i] for i in train_ids}, count)
     log.info("segment.drop_least_confident %g: %d least confident training id(s) left out (%s)", share, len(left_out),
              CONFIDENCE)
     return left_out
@@ -190,8 +193,10 @@ def least_trusted(share: float, train_ids: list[str]) -> list[str]:
 def _resume(name: str, p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, left_out: Sequence[str],
             info: distributed.DistInfo) -> Resume:
     """Where a killed training run of the segment stages resumes from (:mod:`pipeline.core.resume`)."""
+    voc = index.dataset("train")
+    labels = [labels_dir] if labels_dir is not None else [voc.mask_path(i) for i in voc.ids]  # the true masks
     return Resume.for_run(name, [p, index.to_dict(), sorted(left_out), str(labels_dir), info.world_size],
-                          [*([labels_dir] if labels_dir is not None else []), *([p.weights] if Path(p.weights).is_file() else [])])
+                          [*labels, *([p.weights] if Path(p.weights).is_file() else [])])
 
 
 def train_network(p: SegmentParams, index: DatasetIndex, labels_dir: Path | None, what: str, num_classes: int,

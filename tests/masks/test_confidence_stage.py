@@ -67,7 +67,7 @@ def test_a_correction_replaces_exactly_its_ids_labels(pipeline_run, tmp_path):
     metrics = json.loads((tmp_path / "metrics/confidence.json").read_text())
     assert metrics["corrected"] == 1 and metrics["scored_against_masks"] == len(index["splits"]["eval"]) - 1
     for name in ("pseudo_labels", "refined"):
-        assert json.loads((tmp_path / f"metrics/{name}.json").read_text())["corrected_ids"] == 1
+        assert json.loads((tmp_path / f"metrics/{name}.json").read_text())["num_corrected"] == 1
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -136,8 +136,12 @@ def test_review_writes_the_least_confident_labels(pipeline_run, tmp_path):
     labelmap = (review / "labelmap.txt").read_text().splitlines()
     assert labelmap[1] == "background:0,0,0::" and len(labelmap) == 2 + len(json.loads(
         (tmp_path / "data/prepared/dataset.json").read_text())["classes"])
-    (tmp_path / "outputs/confidence.csv").unlink()
     result = subprocess.run([sys.executable, "-m", "pipeline.evaluate.review", "--out", "review"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "review exists and may hold masks someone fixed" in result.stderr
+    assert (review / "ImageSets/Segmentation/default.txt").read_text().split() == ids  # untouched
+    (tmp_path / "outputs/confidence.csv").unlink()
+    result = subprocess.run([sys.executable, "-m", "pipeline.evaluate.review", "--out", "review", "--force"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "confidence.csv: not found; run the confidence stage" in result.stderr
 
@@ -156,6 +160,8 @@ def test_drop_least_confident_leaves_out_that_share(pipeline_run, tmp_path, monk
     assert left_out == [r["id"] for r in rows[:6]]
     kept = index.dataset("train", leave_out=left_out).ids
     assert len(kept) == len(train) - 6 and not set(kept) & set(left_out)
+    with pytest.raises(ValueError, match=r"drop_least_confident 0\.99 leaves none of the 24 training ids"):
+        least_trusted(0.99, train)
     Path("outputs/confidence.csv").write_text("id,confidence,agree_masks,agree_crf,labeled_share,num_classes,corrected\n")
     with pytest.raises(ValueError, match=r"no confidence for 24 training id\(s\)"):
         least_trusted(0.25, train)

@@ -326,6 +326,9 @@ def test_two_nodes_on_localhost_equal_one_process(pipeline_run, tmp_path):
     for sub in ("outputs/masks", "outputs/boxes.json", "outputs/pseudo_labels"):  # made again below
         shutil.rmtree(tmp_path / sub) if (tmp_path / sub).is_dir() else (tmp_path / sub).unlink()
     for stage in ("postprocess", "crf", "refine", "evaluate"):
+        if stage == "evaluate":  # the confidence stage between them runs in one process (it has no torchrun mode)
+            result = run_stage(tmp_path, "confidence")
+            assert result.returncode == 0, result.stderr[-3000:]
         endpoint = f"127.0.0.1:{_free_port()}"
         nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
                                    f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
@@ -637,8 +640,9 @@ def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     from pipeline.core.config import SegmentParams
 
     # self-training is part of the weak pipeline: the reference trains once on the true masks
-    assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {"segment.label_source",
-                                                                                                    "segment.self_training"}
+    # and so is leaving out the least confident pseudo-labels
+    assert {f"segment.{f.name}" for f in dataclasses.fields(SegmentParams)} - set(ref["params"]) == {
+        "segment.label_source", "segment.self_training", "segment.drop_least_confident"}
 
 
 def test_walk_diagnostics_on_a_run(pipeline_run, tmp_path):

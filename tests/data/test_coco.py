@@ -95,7 +95,7 @@ def test_every_stage_runs_on_a_tiny_coco_set(tmp_path):
     cwd = tmp_path / "run"
     cwd.mkdir()
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "evaluate"):
+    for stage in ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate"):
         result = run_stage(cwd, stage)
         assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
     index = json.loads((cwd / "data/prepared/dataset.json").read_text())

@@ -38,7 +38,7 @@ def _confidence(cwd: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_correction_replaces_exactly_its_ids_labels(pipeline_run, tmp_path):
+def test_a_correction_replaces_exactly_its_ids_labels(pipeline_run, tmp_path, monkeypatch):
     _copy(pipeline_run, tmp_path, with_labels=False)
     index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     target = index["splits"]["eval"][0]
@@ -54,8 +54,8 @@ def test_a_correction_replaces_exactly_its_ids_labels(pipeline_run, tmp_path):
         assert np.array_equal(read_label_png(tmp_path / LABELS.format(kind) / f"{target}.png"), fixed)
         if kind == "pseudo_labels":  # the CRF stage's other labels do not depend on the correction
             assert {k for k in before if before[k] != after[k]} == {target}
-    # the segmenter trains on the corrected export
-    sys.path.insert(0, str(tmp_path))
+    # the segmenter trains on the corrected export (its paths are relative to the project root)
+    monkeypatch.chdir(tmp_path)
     from pipeline.data.index import DatasetIndex
     from pipeline.segment.recipe import training_labels_dir
 

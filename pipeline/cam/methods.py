@@ -52,6 +52,7 @@ Gaussian noise of ``smooth_sigma`` times the input's value range, maps averaged.
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
@@ -644,7 +645,7 @@ def multiscale_cams(
     per_position = _get_method(method).per_position and (not layers or len(layers) == 1)
     total = None
     for scale in scales:
-        x = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        x = images if scale == 1.0 else _rescale(images, scale)
         ids = padded
         if flip:
             x = torch.cat([x, x.flip(-1)])
@@ -660,6 +661,15 @@ def multiscale_cams(
         total = maps if total is None else total + maps
     total = normalize_maps(total)
     return [m[:k] for m, k in zip(total, counts)]
+
+
+def _rescale(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """Bilinear resize by ``scale`` (output ``floor(size * scale)``, as IRN's), at least one
+    pixel a side: a 1 x 1 image at scale 0.5 stays 1 x 1 instead of vanishing."""
+    h, w = images.shape[-2:]
+    if math.floor(h * scale) >= 1 and math.floor(w * scale) >= 1:
+        return F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+    return F.interpolate(images, size=(max(1, math.floor(h * scale)), max(1, math.floor(w * scale))), mode="bilinear", align_corners=False)
 
 
 def _scaled_size(model, images, layers, method) -> tuple[int, int]:

@@ -80,13 +80,14 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
     model, ckpt = load_cam_model(Path(classifier), dev, method, Path(prototypes))  # lpcam: the prototypes stage's file
     classes = list(ckpt["classes"])
     out = Path(out_dir)
+    files = list_images(images_dir)  # a missing or empty folder: an error before anything is made
     out.mkdir(parents=True, exist_ok=True)
     found: dict[str, list[int]] = {}
     probabilities: dict[str, dict[str, float]] = {}
     boxes: dict[str, dict] = {}
     skipped: list[str] = []
     with atomic_dir(out / "seeds") as seeds_dir, atomic_dir(out / "masks") as masks_dir:
-        for path in tqdm(list_images(images_dir), desc="unlabeled images", unit="img"):
+        for path in tqdm(files, desc="unlabeled images", unit="img"):
             try:
                 size = _image_size(path)
                 rgb = _load_rgb(path, size)
@@ -111,13 +112,13 @@ def seeds_for_folder(classifier: str | Path, images_dir: str | Path, out_dir: st
             boxes[path.stem] = seeds_to_boxes(full.numpy(), class_ids, box_fraction)
             found[path.stem] = labels
             probabilities[path.stem] = {c: round(p, 4) for c, p in zip(classes, probs)}
+        if not found:  # raised inside the block: the earlier outputs stay as they were
+            raise InputError(f"{images_dir}: no image could be read ({len(skipped)} skipped)")
     write_json(out / "labels.json", {"threshold": threshold, "classes": classes, "skipped": skipped,
                                      "images": {k: {"classes": [classes[c] for c in v], "probabilities": probabilities[k]}
                                                 for k, v in found.items()}})
     write_json(out / "boxes.json", {"box_fraction": box_fraction, "classes": classes, "images": boxes})
     log.info("seeds, masks and boxes of %d image(s) in %s (%d skipped)", len(found), out, len(skipped))
-    if not found:
-        raise InputError(f"{images_dir}: no image could be read")
     return found
 
 

@@ -196,6 +196,17 @@ def test_voc_source_without_the_held_out_list_names_the_key(tmp_path):
     assert not (tmp_path / "data/prepared").exists()
 
 
+def test_voc_source_with_an_empty_held_out_list_names_the_key_and_the_file(tmp_path):
+    root = _voc_source(tmp_path)
+    (root / "ImageSets" / "Segmentation" / "held.txt").write_text("\n\n")
+    write_params(tmp_path, {"data": {"source": "voc", "root": str(tmp_path), "val_list": "train", "seg_val_list": "held"}})
+    result = run_stage(tmp_path, "prepare")
+    assert result.returncode == 1
+    assert "data.seg_val_list:" in result.stderr and "held.txt" in result.stderr and "empty" in result.stderr, result.stderr
+    assert "'none'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data/prepared").exists()
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

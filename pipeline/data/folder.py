@@ -49,12 +49,14 @@ _SEPARATORS = re.compile(r"[;|]")
 class FolderLabels:
     """What a labels file says: ``names[id]`` the class names of each image, in file order;
     ``files[id]`` the image file as written; ``splits[id]`` its split ("" without a split
-    column); ``classes`` the class order a one-hot header fixes (else None)."""
+    column); ``classes`` the class order a one-hot header fixes (else None); ``lines[id]``
+    where it is written (``file:line``), for errors found later."""
 
     names: dict[str, list[str]]
     files: dict[str, str]
     splits: dict[str, str]
     classes: list[str] | None = None
+    lines: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _image_id(value: str, where: str) -> str:
@@ -70,6 +72,7 @@ def _add(out: FolderLabels, image_id: str, file: str, names: list[str], split: s
     if image_id in out.names:
         raise DatasetError(f"{where}: image {image_id!r} is listed twice")
     out.names[image_id], out.files[image_id], out.splits[image_id] = names, file, split
+    out.lines[image_id] = where
 
 
 def read_labels_file(path: str | os.PathLike) -> FolderLabels:
@@ -122,17 +125,17 @@ def read_labels_file(path: str | os.PathLike) -> FolderLabels:
     return out
 
 
-def _find_image(images: Path, file: str, image_id: str) -> Path:
+def _find_image(images: Path, file: str, image_id: str, where: str) -> Path:
     given = images / file
     if Path(file).suffix.lower() in IMAGE_SUFFIXES:
         if given.is_file():
             return given
-        raise DatasetError(f"{given}: image for id {image_id!r} not found")
+        raise DatasetError(f"{where}: image {given} for id {image_id!r} not found")
     for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES):
         candidate = images / f"{file}{suffix}"
         if candidate.is_file():
             return candidate
-    raise DatasetError(f"{images}: no image {file}{{{','.join(IMAGE_SUFFIXES)}}} for id {image_id!r}")
+    raise DatasetError(f"{where}: no image {images / file}{{{','.join(IMAGE_SUFFIXES)}}} for id {image_id!r}")
 
 
 def _link(target: Path, link: Path) -> None:
@@ -177,14 +180,14 @@ def build_view(images: str | os.PathLike, labels_file: str | os.PathLike, out: s
     for image_id, names in parsed.names.items():
         unknown = sorted(set(names) - set(index))
         if unknown:
-            raise DatasetError(f"{labels_file}: image {image_id!r} has class(es) {unknown} not in {classes_file}")
+            raise DatasetError(f"{parsed.lines[image_id]}: image {image_id!r} has class(es) {unknown} not in {classes_file}")
         labels[image_id] = sorted({index[n] for n in names})
     root = out / "VOC2012"
     masks = Path(masks) if masks else None
     if masks is not None and not masks.is_dir():
         raise DatasetError(f"{masks}: masks folder not found (data.masks_dir)")
     for image_id in parsed.names:
-        _link(_find_image(images, parsed.files[image_id], image_id), root / "JPEGImages" / f"{image_id}.jpg")
+        _link(_find_image(images, parsed.files[image_id], image_id, parsed.lines[image_id]), root / "JPEGImages" / f"{image_id}.jpg")
         if masks is not None and (masks / f"{image_id}.png").is_file():
             _link(masks / f"{image_id}.png", root / "SegmentationClass" / f"{image_id}.png")
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))

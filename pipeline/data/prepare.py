@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.core.config import BUILTIN_ROOT, NO_LIST, ConfigError, DataParams
+from pipeline.core.errors import InputError
 from pipeline.core.io import atomic_dir, write_json
 from pipeline.core.paths import COCO_VIEW, FOLDER_VIEW, INDEX_FILE
 from pipeline.data.coco import build_coco_view
@@ -60,7 +61,7 @@ def prepare_dataset(data: DataParams, out: Path = INDEX_FILE.parent, folder_view
                 continue
             try:
                 voc = VOCDataset(scan_root, list_names.get(ids, ids), use_difficult=data.use_difficult, labels=given_labels)
-            except DatasetError as err:
+            except InputError as err:  # DatasetError, and an empty or unreadable id list
                 key = {"train": "train_list", "val": "val_list", "eval": "eval_list", "seg_val": "seg_val_list"}[split]
                 hint = f" (or {NO_LIST!r}: no held-out set for the segment stage)" if split == "seg_val" else ""
                 raise DatasetError(f"data.{key}: {err}{hint}") from None

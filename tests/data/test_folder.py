@@ -81,7 +81,7 @@ def test_build_view_links_classes_masks_and_lists(tmp_path):
 def test_build_view_errors(tmp_path):
     images = _folder(tmp_path, 1)
     (images / "labels.csv").write_text("image,labels\nim0,dog\nmissing,cat\n")
-    with pytest.raises(DatasetError, match=r"no image missing\{.*\} for id 'missing'"):
+    with pytest.raises(DatasetError, match=r"labels\.csv:3: no image .*missing\{.*\} for id 'missing'"):
         build_view(images, images / "labels.csv", tmp_path / "v1")
     (images / "labels.csv").write_text("image,labels\nim0,dog\n")
     (tmp_path / "classes.txt").write_text("cat\n")
@@ -152,3 +152,34 @@ def test_a_csv_saved_with_a_byte_order_mark_and_crlf_line_ends_reads_as_any_othe
     onehot = tmp_path / "onehot.csv"
     onehot.write_bytes("\ufefffile,zebra,apple\r\nx.jpg,1,0\r\n".encode("utf-8"))
     assert read_labels_file(onehot).classes == ["zebra", "apple"]
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prepare_on_a_csv_with_a_missing_image_or_an_empty_labels_cell(tmp_path):
+    """The prepare stage on hand-made CSVs: a row whose image is missing stops it, naming the
+    CSV's line and the image, with the earlier index unchanged; a row with an empty labels
+    cell is skipped, named in the log and recorded in the index."""
+    images = _folder(tmp_path, 4)
+    csv_file = images / "labels.csv"
+    csv_file.write_text("image,labels,split\nim0,dog,train\nim1.jpg,cat;dog,train\nim2,cat,val\nim3,,train\n")
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    params = {"data": {"source": "folder", "root": str(images), "train_list": "train", "val_list": "val", "eval_list": "train",
+                       "seg_val_list": "none"}}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(cwd, "prepare")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 1 image(s) with no labels: im3" in result.stderr
+    index = json.loads((cwd / "data/prepared/dataset.json").read_text())
+    assert index["splits"]["train"] == ["im0", "im1"] and index["skipped"]["train"] == ["im3"]
+    before = _tree(cwd / "data/prepared")
+
+    csv_file.write_text("image,labels,split\nim0,dog,train\nim1.jpg,cat;dog,train\nim2,cat,val\ngone.jpg,dog,train\n")
+    result = run_stage(cwd, "prepare")
+    assert result.returncode != 0
+    assert f"{csv_file}:5: image {images / 'gone.jpg'} for id 'gone' not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _tree(cwd / "data/prepared") == before

@@ -639,6 +639,37 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     assert "not made with this segment recipe" in result.stderr
 
 
+    # a damaged pseudo-label stops segment naming it, and its outputs stay as they were
+    before = {p: (tmp_path / p).read_bytes() for p in ("models/segmenter.pt", "metrics/segment.json")}
+    label = tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass" / f"{index['splits']['train'][3]}.png"
+    label.unlink()  # a copy of the run's file, not a link into it
+    for damage, message in ((np.full((64, 64), 99, np.uint8), r"label value\(s\) \[99\] outside 0\.\.\d+ and 255"),
+                            (np.zeros((20, 64), np.uint8), r"labels are 64x20 \(WxH\) but the image is 64x64")):
+        write_label_png(label, damage)
+        result = run_stage(tmp_path, "segment")
+        assert result.returncode == 1 and re.search(re.escape(str(label.relative_to(tmp_path))) + ": " + message, result.stderr), \
+            result.stderr[-3000:]
+        assert {p: (tmp_path / p).read_bytes() for p in before} == before
+
+
+@pytest.mark.parametrize("damage, message", [("values", r"label value\(s\) \[99\] outside 0\.\.\d+ and 255"),
+                                             ("size", r"labels are 64x20 \(WxH\) but the image is 64x64")])
+def test_a_damaged_pseudo_label_stops_evaluate_naming_it_with_its_outputs_unchanged(pipeline_run, tmp_path, damage, message):
+    shutil.copytree(pipeline_run, tmp_path / "run", symlinks=True)
+    cwd = tmp_path / "run"
+    write_params(cwd, {**TINY, "evaluate": {**TINY["evaluate"], "faithfulness": False}})
+    outputs = [p for sub in ("metrics", "plots", "reports") for p in sorted((cwd / sub).rglob("*")) if p.is_file()]
+    before = {p: p.read_bytes() for p in outputs}
+    index = json.loads((cwd / "data/prepared/dataset.json").read_text())
+    label = cwd / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass" / f"{index['splits']['eval'][1]}.png"
+    label.unlink()
+    write_label_png(label, np.full((64, 64), 99, np.uint8) if damage == "values" else np.zeros((20, 64), np.uint8))
+    result = run_stage(cwd, "evaluate")
+    assert result.returncode == 1 and re.search(re.escape(str(label.relative_to(cwd))) + ": " + message, result.stderr), \
+        result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert {p: p.read_bytes() for p in outputs} == before
+
 def test_segment_reference_does_not_depend_on_the_pseudo_labels():
     """dvc.yaml: a change of the pseudo-labels or of segment.label_source retrains segment only."""
     stages = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())["stages"]

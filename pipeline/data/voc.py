@@ -49,6 +49,7 @@ __all__ = [
     "find_voc_root",
     "labels_from_mask",
     "boxes_from_mask",
+    "read_label_map",
     "write_sample",
     "write_voc_meta",
 ]
@@ -98,6 +99,19 @@ def find_voc_root(root: str | os.PathLike) -> Path:
             raise DatasetError(f"{root}: several VOC folders ({names}); point data.root at one of them")
     raise DatasetError(f"{root}: no VOC layout found (expected {root}/JPEGImages, {root}/VOC20xx/JPEGImages "
                        f"or {root}/VOCdevkit/VOC20xx/JPEGImages)")
+
+
+def read_label_map(path: str | os.PathLike, num_classes: int, size: tuple[int, int]) -> np.ndarray:
+    """A label PNG (``read_label_png``) checked against its image: ``(H, W)`` equal to ``size``
+    and every value a class index below ``num_classes`` (background included) or 255; a
+    :class:`DatasetError` naming the file otherwise."""
+    labels = read_label_png(path)
+    if labels.shape != tuple(size):
+        raise DatasetError(f"{path}: labels are {labels.shape[1]}x{labels.shape[0]} (WxH) but the image is {size[1]}x{size[0]}")
+    stray = (labels >= num_classes) & (labels != IGNORE_INDEX)
+    if stray.any():
+        raise DatasetError(f"{path}: label value(s) {np.unique(labels[stray]).tolist()} outside 0..{num_classes - 1} and 255")
+    return labels
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int, where: str = "") -> tuple[int, ...]:

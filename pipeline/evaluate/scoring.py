@@ -46,6 +46,7 @@ from pipeline.core.metrics import (
 from pipeline.core.paths import BOXES, CLASSIFIER, CONFIDENCE, MASKS, METRICS, PLOTS, PSEUDO_LABELS, REFINED, REPORTS, SEEDS
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.data.index import DatasetIndex
+from pipeline.data.voc import read_label_map
 from pipeline.evaluate.report import draw_boxes, guided_gradcam_picture, line_chart_svg, worst_ids, write_report
 from pipeline.evaluate.viz import heatmap_overlay, label_overlay, side_by_side
 from pipeline.masks.confidence import ImageConfidence, least_confident, read_confidence
@@ -115,16 +116,17 @@ def evaluate_run(ev: EvaluateParams, cam_p: CamParams, refine_p: RefineParams, i
         if sample.mask is None:
             continue
         scored += 1
+        size = sample.mask.shape  # the image's (H, W): prepare checked each mask against its image
         gt = torch.from_numpy(sample.mask)
         pxap.update(full, class_ids, sample.mask)
         fg_score, fg_label = foreground(full, torch.from_numpy(class_ids))
         sweep += threshold_sweep(fg_score, fg_label, gt, thresholds, n)
-        mask = read_label_png(id_path(MASKS, image_id, ".png"))
+        mask = read_label_map(id_path(MASKS, image_id, ".png"), n, size)
         masks_cm += confusion_matrix(mask, gt, n)
-        pl = read_label_png(id_path(PSEUDO, image_id, ".png"))
+        pl = read_label_map(id_path(PSEUDO, image_id, ".png"), n, size)
         pseudo.update(pl, sample.mask)
         image_miou[image_id] = mean_iou(confusion_matrix(np.where(pl == 255, 0, pl), gt, n))
-        rl = read_label_png(id_path(REFINED_LABELS, image_id, ".png"))
+        rl = read_label_map(id_path(REFINED_LABELS, image_id, ".png"), n, size)
         refined.update(rl, sample.mask)
         if len(overlays) < ev.num_overlays:
             heat = fg_score.numpy()

@@ -33,9 +33,9 @@ from pipeline.core.checkpoint import load_checkpoint
 from pipeline.core.config import SEGMENT_ARCHITECTURES, SEGMENT_ENCODER_PREFIX, ConfigError, CrfParams
 from pipeline.core.device import to_tensor
 from pipeline.core.errors import InputError
-from pipeline.core.io import id_path, read_label_png, write_label_png
+from pipeline.core.io import id_path, write_label_png
 from pipeline.core.metrics import confusion_matrix
-from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset
+from pipeline.data.voc import IGNORE_INDEX, DatasetError, VOCDataset, read_label_map
 from pipeline.masks.crf import refine_mask
 
 __all__ = [
@@ -208,13 +208,7 @@ class SegmentationDataset(Dataset):
         if not path.is_file():
             what = "ground-truth mask" if self.labels_dir is None else "pseudo-label"
             raise DatasetError(f"{path}: {what} for id {image_id!r} not found")
-        labels = read_label_png(path)
-        if labels.shape != tuple(size):
-            raise DatasetError(f"{path}: labels are {labels.shape[1]}x{labels.shape[0]} (WxH) but the image is {size[1]}x{size[0]}")
-        stray = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
-        if stray.any():
-            raise DatasetError(f"{path}: label value(s) {np.unique(labels[stray]).tolist()} outside 0..{self.num_classes - 1} and 255")
-        return labels
+        return read_label_map(path, self.num_classes, size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id = self.voc.ids[index]

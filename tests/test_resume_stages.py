@@ -3,6 +3,7 @@ weights and metrics of an uninterrupted run, on the tiny built-in run (tiny para
 change of params or inputs starting afresh is tested in tests/core/test_resume.py."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -42,15 +43,17 @@ def _timeless(metrics: dict) -> dict:
 
 
 def _kill_after_second_epoch(cwd: Path, stage: str, resume_name: str) -> None:
+    """SIGKILL the stage's whole process group (under torchrun: the launcher and every rank,
+    as a preempted job loses them) once its resume file says epoch >= 2."""
     state_file = cwd / "models/.resume" / f"{resume_name}.pt"
     proc = subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if state_file.is_file():
             try:
                 if torch.load(state_file, weights_only=True)["epoch"] >= 2:
-                    proc.send_signal(signal.SIGKILL)
+                    os.killpg(proc.pid, signal.SIGKILL)
                     break
             except Exception:  # noqa: BLE001 - a file being renamed into place: read it again
                 pass
@@ -76,3 +79,27 @@ def test_a_killed_training_stage_resumes_to_the_uninterrupted_result(pipeline_ru
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _timeless(json.loads((whole / metrics).read_text())) == _timeless(json.loads((killed / metrics).read_text()))
     assert not (killed / "models/.resume").exists() and not (whole / "models/.resume").exists()
+
+
+def test_train_under_torchrun_in_two_processes_resumes_to_the_uninterrupted_result(pipeline_run, tmp_path):
+    """train.processes: 2 (the stage relaunches itself under torchrun): rank 0 writes every
+    rank's generators, the launcher and both ranks are killed, and the rerun's two ranks
+    resume to the weights of an uninterrupted two-process run."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for cwd in (whole, killed):
+        _project(pipeline_run, cwd, "train")
+        params = json.loads(json.dumps(TINY))
+        params["train"] = {**params["train"], "epochs": EPOCHS, "num_workers": 0, "processes": 2}
+        write_params(cwd, params)
+    result = run_stage(whole, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _kill_after_second_epoch(killed, "train", "train")
+    result = run_stage(killed, "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after epoch" in result.stderr
+    a = torch.load(whole / "models/classifier.pt", weights_only=True)["state_dict"]
+    b = torch.load(killed / "models/classifier.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((cwd / "metrics/train.json").read_text()) for cwd in (whole, killed))
+    assert ma["processes"] == mb["processes"] == 2 and _timeless(ma) == _timeless(mb)
+    assert not (killed / "models/.resume").exists()

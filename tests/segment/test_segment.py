@@ -467,6 +467,18 @@ def test_predict_batches_same_size_images_and_skips_data_damaged_past_the_header
     assert summary == predict.PredictSummary(2, (images / "same1.jpg",))
     assert sorted(p.name for p in (tmp_path / "out" / "labels").iterdir()) == ["same0.png", "same2.png"]
 
+    # a failing run into an earlier output leaves every file of it byte for byte
+    def snapshot():
+        return {str(p.relative_to(tmp_path / "out")): p.read_bytes() for p in sorted((tmp_path / "out").rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    with pytest.raises(predict.BadImageError, match=r"same1\.jpg: cannot decode image"):
+        predict.predict_folder(checkpoint, images, tmp_path / "out", batch_size=8, device="cpu", progress=None)
+    (images / "notes.png").write_text("not an image")
+    with pytest.raises(predict.BadImageError, match=r"notes\.png: cannot read image"):
+        predict.predict_folder(checkpoint, images, tmp_path / "out", batch_size=8, device="cpu", progress=None)
+    assert snapshot() == before
+
 
 def test_predict_rejects_shared_stems_and_missing_or_empty_folders(checkpoint, tmp_path):
     images = tmp_path / "images"

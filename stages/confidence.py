@@ -7,7 +7,7 @@ from __future__ import annotations
 from tqdm import tqdm
 
 from pipeline.core.io import write_json
-from pipeline.data.corrections import check_corrections, find_corrections
+from pipeline.data.corrections import training_corrections
 from pipeline.data.export import VOC_SUBDIR
 from pipeline.masks.confidence import score_confidence, write_confidence
 from stages.common import CONFIDENCE, EXPORTED_LABELS, MASKS, METRICS, PSEUDO_LABELS, load_index, load_params, log, run
@@ -17,9 +17,7 @@ def main() -> None:
     data_p, refine_p = load_params("data", "refine")
     index = load_index()
     ids = index.splits["train"]
-    corrections = find_corrections(data_p.corrections_dir, ids)
-    check_corrections(corrections, len(index.classes), {i: index.size(i) for i in corrections})  # checked, not kept
-    corrected = set(corrections)
+    corrected = set(training_corrections(data_p.corrections_dir, index))  # checked, not kept
     eval_voc = index.dataset("eval")
     eval_ids = set(eval_voc.ids)
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from pipeline.core import distributed
 from pipeline.core.io import id_path, write_label_png
 from pipeline.core.parallel import parallel_map
-from pipeline.data.corrections import apply_corrections, check_corrections, find_corrections
+from pipeline.data.corrections import apply_corrections, training_corrections
 from pipeline.data.export import VOC_SUBDIR, list_name, write_id_lists
 from pipeline.masks.crf import POOL_CHUNKSIZE, refine_files
 from stages.common import MASKS, PSEUDO_LABELS, load_index, load_params, log, run
@@ -29,9 +29,7 @@ def _crf(crf_p, data_p, index, info: distributed.DistInfo) -> None:
     ids = index.splits["train"]
     mine = distributed.block(ids, info)
     voc = index.dataset("train")
-    corrections = find_corrections(data_p.corrections_dir, ids)  # every file named against every training id
-    corrections = {i: corrections[i] for i in mine if i in corrections}
-    check_corrections(corrections, len(index.classes), {i: index.size(i) for i in corrections})  # before the long part
+    corrections = training_corrections(data_p.corrections_dir, index, keep=mine)
     processes = distributed.local_share(crf_p.processes, info)
     jobs = ((str(voc.image_path(i)), str(id_path(MASKS, i, ".png")), index.labels(i), crf_p) for i in mine)
     with distributed.shared_atomic_dir(OUT, info) as tmp:

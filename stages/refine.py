@@ -21,7 +21,7 @@ from tqdm import tqdm
 from pipeline.core import distributed
 from pipeline.core.device import resolve_device
 from pipeline.core.io import id_path, load_seeds, read_json, write_label_png
-from pipeline.data.corrections import apply_corrections, check_corrections, find_corrections
+from pipeline.data.corrections import apply_corrections, training_corrections
 from pipeline.data.export import VOC_SUBDIR, list_name, make_voc_view, write_id_lists
 from pipeline.refine.refiner import Refiner
 from stages.common import AFFINITY_MODEL, BOXES, EXPORTED_LABELS, PSEUDO_LABELS, REFINED, SEEDS, VIEW, load_index, load_params, log, run
@@ -38,9 +38,7 @@ def _refine(refine_p, data_p, crf_p, index, info: distributed.DistInfo, device: 
     ids = index.splits["train"]
     mine = distributed.block(ids, info)
     voc = index.dataset("train")
-    corrections = find_corrections(data_p.corrections_dir, ids)  # every file named against every training id
-    corrections = {i: corrections[i] for i in mine if i in corrections}
-    check_corrections(corrections, len(index.classes), {i: index.size(i) for i in corrections})  # before the long part
+    corrections = training_corrections(data_p.corrections_dir, index, keep=mine)
     refiner = None
     if refine_p.method != "none":
         refiner = Refiner(refine_p, crf_p, device, boundary_net=AFFINITY_MODEL,

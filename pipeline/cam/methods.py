@@ -52,8 +52,8 @@ Gaussian noise of ``smooth_sigma`` times the input's value range, maps averaged.
 from __future__ import annotations
 
 import contextlib
-import math
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 

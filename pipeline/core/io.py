@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "atomic_dir",
     "write_json",
     "read_json",
+    "file_digest",
     "write_text_lines",
     "read_id_file",
     "unique_ids",
@@ -212,6 +214,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MissingInputError(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def file_digest(paths: Sequence[str | os.PathLike]) -> str:
+    """BLAKE2b (128 bit) over the bytes of the files that exist among ``paths``, each
+    prefixed with its name, so that any change to a file's content, or a file appearing
+    or disappearing, changes the digest. Size and modification time are not enough:
+    a re-encoded JPEG or an edited mask can keep both."""
+    h = hashlib.blake2b(digest_size=16)
+    for path in map(Path, paths):
+        if path.is_file():
+            h.update(path.name.encode() + b"\0")
+            h.update(path.read_bytes())
+            h.update(b"\0")
+    return h.hexdigest()
 
 
 def write_text_lines(path: str | os.PathLike, lines: Sequence[str]) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from pipeline.core.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.core.io import file_digest
 from pipeline.core.paths import RESUME_DIR
 
 __all__ = ["Resume", "inputs_digest", "code_digest", "rng_state", "set_rng_state"]
@@ -41,18 +42,16 @@ log = logging.getLogger("wsl")
 
 
 def inputs_digest(paths: Iterable[str | os.PathLike]) -> str:
-    """A digest of the contents of files and folders (every file under them, with its relative
-    name); a missing path counts as missing. Contents, not modification times: a stage that
-    rewrites an input identically before training (the affinity stage's labels) still resumes."""
+    """A digest of the contents of files and folders (every file under them, each named by
+    its path relative to the folder, hashed by :func:`pipeline.core.io.file_digest`); a
+    missing path counts as missing. Contents, not modification times: a stage that rewrites
+    an input identically before training (the affinity stage's labels) still resumes."""
     h = hashlib.blake2b(digest_size=16)
     for path in map(Path, paths):
         h.update(f"\0{path}".encode())
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
         for f in files:
-            h.update(f"\0{f.relative_to(path) if path.is_dir() else f.name}\0".encode())
-            with open(f, "rb") as stream:
-                for block in iter(lambda: stream.read(1 << 20), b""):
-                    h.update(block)
+            h.update(f"\0{f.relative_to(path) if path.is_dir() else f.name}\0{file_digest([f])}".encode())
     return h.hexdigest()
 
 

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.core.errors import InputError
 from pipeline.core.io import IGNORE_INDEX, id_path, read_label_png, write_label_png
 
-__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "check_corrections", "apply_corrections"]
+if TYPE_CHECKING:
+    from pipeline.data.index import DatasetIndex
+
+__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "check_corrections", "training_corrections",
+           "apply_corrections"]
 
 log = logging.getLogger("wsl")
 
@@ -90,6 +95,18 @@ def check_corrections(corrections: Mapping[str, Path], num_classes: int, sizes: 
     this before its long loop, so a bad mask stops it before any work."""
     for image_id, path in corrections.items():
         read_correction(path, num_classes, sizes[image_id])
+
+
+def training_corrections(folder: str | os.PathLike, index: DatasetIndex,
+                         keep: Collection[str] | None = None) -> dict[str, Path]:
+    """The corrections of ``index``'s training ids: every file in ``folder`` is named against
+    every training id (:func:`find_corrections`), those of ``keep`` (a rank's block; None: all)
+    are kept, and each is read and checked (:func:`check_corrections`) before a stage's long loop."""
+    found = find_corrections(folder, index.splits["train"])
+    if keep is not None:
+        found = {i: found[i] for i in keep if i in found}
+    check_corrections(found, len(index.classes), {i: index.size(i) for i in found})
+    return found
 
 
 def apply_corrections(labels_dir: str | os.PathLike, corrections: Mapping[str, Path], num_classes: int,

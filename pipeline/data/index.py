@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Collection, Sequence
-from pathlib import Path
 
-from pipeline.core.io import InvalidIdError, validate_id
+from pipeline.core.io import InvalidIdError, file_digest, validate_id
 from pipeline.data.voc import DatasetError, VOCDataset
 
 __all__ = ["index_split", "file_digest", "image_digest", "DatasetIndex"]
-
-
-def file_digest(paths: Sequence[Path]) -> str:
-    """BLAKE2b (128 bit) over the bytes of the files that exist among ``paths``, each
-    prefixed with its name, so that any change to a file's content, or a file appearing
-    or disappearing, changes the digest. Size and modification time are not enough:
-    a re-encoded JPEG or an edited mask can keep both."""
-    h = hashlib.blake2b(digest_size=16)
-    for path in paths:
-        if path.is_file():
-            h.update(path.name.encode() + b"\0")
-            h.update(path.read_bytes())
-            h.update(b"\0")
-    return h.hexdigest()
 
 
 def image_digest(voc: VOCDataset, image_id: str) -> str:

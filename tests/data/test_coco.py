@@ -149,3 +149,30 @@ def test_an_image_without_annotations_and_one_with_crowds_only(tmp_path):
     assert set(np.unique(crowd).tolist()) <= {0, 255} and (crowd == 255).any()
     voc = VOCDataset(view, "train2014")
     assert voc.labels("COCO_train2014_000000000000") == () and voc.labels("COCO_train2014_000000000001") == ()
+
+
+def test_a_damaged_instances_file_stops_prepare_with_the_last_index_and_view_unchanged(tmp_path):
+    from pipeline.core.paths import COCO_VIEW
+
+    root, _, _ = coco_from_builtin(tmp_path, num_train=3, num_val=1)
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    params = {"data": {"source": "coco", "root": str(root), "train_list": "train2014", "val_list": "val2014",
+                       "eval_list": "train2014", "seg_val_list": "val2014", "processes": 1}}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run_stage(cwd, "prepare")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def tree():
+        return {str(p.relative_to(cwd)): p.read_bytes() if p.is_file() else "dir" for folder in ("data/prepared", COCO_VIEW)
+                for p in sorted((cwd / folder).rglob("*"))}
+
+    before = tree()
+    path = root / "annotations" / "instances_train2014.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["category_id"] = 999
+    path.write_text(json.dumps(data))
+    result = run_stage(cwd, "prepare")
+    assert result.returncode == 1 and "instances_train2014.json" in result.stderr
+    assert "annotation 1: category_id 999 is not among the file's categories" in result.stderr
+    assert tree() == before

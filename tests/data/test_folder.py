@@ -159,12 +159,15 @@ def _tree(folder) -> dict[str, bytes]:
 
 
 def test_prepare_on_a_csv_with_a_missing_image_or_an_empty_labels_cell(tmp_path):
-    """The prepare stage on hand-made CSVs: a row whose image is missing stops it, naming the
+    """The prepare stage on hand-made CSVs: one with a byte-order mark and CRLF ends works; a
+    row whose image is missing stops it, naming the
     CSV's line and the image, with the earlier index unchanged; a row with an empty labels
     cell is skipped, named in the log and recorded in the index."""
     images = _folder(tmp_path, 4)
     csv_file = images / "labels.csv"
-    csv_file.write_text("image,labels,split\nim0,dog,train\nim1.jpg,cat;dog,train\nim2,cat,val\nim3,,train\n")
+    # saved as Excel's "CSV UTF-8" does: a byte-order mark and CRLF line ends
+    csv_file.write_bytes("\ufeffimage,labels,split\r\nim0,dog,train\r\nim1.jpg,cat;dog,train\r\nim2,cat,val\r\nim3,,train\r\n"
+                         .encode("utf-8"))
     cwd = tmp_path / "run"
     cwd.mkdir()
     params = {"data": {"source": "folder", "root": str(images), "train_list": "train", "val_list": "val", "eval_list": "train",
@@ -175,6 +178,7 @@ def test_prepare_on_a_csv_with_a_missing_image_or_an_empty_labels_cell(tmp_path)
     assert "skipped 1 image(s) with no labels: im3" in result.stderr
     index = json.loads((cwd / "data/prepared/dataset.json").read_text())
     assert index["splits"]["train"] == ["im0", "im1"] and index["skipped"]["train"] == ["im3"]
+    assert index["classes"] == ["dog", "cat"] and index["images"]["im1"]["labels"] == [0, 1]
     before = _tree(cwd / "data/prepared")
 
     csv_file.write_text("image,labels,split\nim0,dog,train\nim1.jpg,cat;dog,train\nim2,cat,val\ngone.jpg,dog,train\n")

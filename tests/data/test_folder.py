@@ -160,9 +160,9 @@ def _tree(folder) -> dict[str, bytes]:
 
 def test_prepare_on_a_csv_with_a_missing_image_or_an_empty_labels_cell(tmp_path):
     """The prepare stage on hand-made CSVs: one with a byte-order mark and CRLF ends works; a
-    row whose image is missing stops it, naming the
-    CSV's line and the image, with the earlier index unchanged; a row with an empty labels
-    cell is skipped, named in the log and recorded in the index."""
+    row whose image is missing stops it, naming the CSV's line and the image, with the
+    earlier index unchanged; a row with an empty labels cell is skipped, named in the log
+    and recorded in the index."""
     images = _folder(tmp_path, 4)
     csv_file = images / "labels.csv"
     # saved as Excel's "CSV UTF-8" does: a byte-order mark and CRLF line ends

@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -119,6 +118,8 @@ def collect_features(model: nn.Module, mean: Sequence[float], std: Sequence[floa
 def cluster_centres(rows: torch.Tensor, clusters: int, seed: int = 0) -> torch.Tensor:
     """Step 2: spherical k-means on ``rows`` (scikit-learn on the L2-normalised rows); each
     centre is the mean of its members' raw rows. At most ``len(rows)`` centres."""
+    from sklearn.cluster import KMeans  # here: every stage that reads the prototypes imports this module (1 s of sklearn)
+
     x = rows.detach().cpu().double().numpy()
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = min(clusters, len(x))

@@ -220,12 +220,15 @@ def file_digest(paths: Sequence[str | os.PathLike]) -> str:
     """BLAKE2b (128 bit) over the bytes of the files that exist among ``paths``, each
     prefixed with its name, so that any change to a file's content, or a file appearing
     or disappearing, changes the digest. Size and modification time are not enough:
-    a re-encoded JPEG or an edited mask can keep both."""
+    a re-encoded JPEG or an edited mask can keep both. Read in blocks of 1 MiB (a digest of
+    a network's weights holds no more than that in memory)."""
     h = hashlib.blake2b(digest_size=16)
     for path in map(Path, paths):
         if path.is_file():
             h.update(path.name.encode() + b"\0")
-            h.update(path.read_bytes())
+            with open(path, "rb") as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    h.update(block)
             h.update(b"\0")
     return h.hexdigest()
 

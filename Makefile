@@ -7,9 +7,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# pytest-xdist workers for `make test`: most tests wait on one single-threaded stage process, so two
-# workers use both cores of a 2-core machine (TEST_WORKERS=0: one process, no xdist)
-TEST_WORKERS ?= 2
 
 .PHONY: repro test install clean-venv data-voc data-coco bench
 
@@ -27,7 +24,7 @@ repro: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q
 
 data-voc: $(STAMP)
 	$(BIN)/python -m pipeline.data.download --dest data

@@ -30,7 +30,6 @@ IMPORT_NAMES = {
     "tqdm": "tqdm",
     "scipy": "scipy.io",
     "pytest": "pytest",
-    "pytest-xdist": "xdist",
     "ruff": "ruff",
     "grad-cam": "pytorch_grad_cam",
     "scikit-learn": "sklearn.cluster",

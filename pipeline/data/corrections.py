@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.errors import InputError
-from pipeline.core.io import IGNORE_INDEX, id_path, read_label_png, write_label_png
+from pipeline.core.io import id_path, write_label_png
+from pipeline.data.voc import read_label_map
 
 if TYPE_CHECKING:
     from pipeline.data.index import DatasetIndex
 
-__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "load_corrections", "check_corrections", "training_corrections",
+__all__ = ["NOTE_SUFFIXES", "find_corrections", "read_correction", "check_corrections", "training_corrections",
            "apply_corrections"]
 
 log = logging.getLogger("wsl")
@@ -68,26 +69,16 @@ def find_corrections(folder: str | os.PathLike, ids: Sequence[str]) -> dict[str,
 
 
 def read_correction(path: str | os.PathLike, num_classes: int, size: tuple[int, int]) -> np.ndarray:
-    """The ``(H, W)`` uint8 labels of one correction, checked against the class count
-    (values ``0 .. num_classes``, background included, or 255) and the image's ``size`` (H, W)."""
+    """The ``(H, W)`` uint8 labels of one correction, checked as every label map is
+    (:func:`pipeline.data.voc.read_label_map`: the image's ``size`` (H, W), values
+    ``0 .. num_classes`` with background, or 255); ``num_classes`` counts the classes alone."""
     try:
-        labels = read_label_png(path)
-    except ValueError as err:  # a colour (RGB) PNG: its colours are not class indices
+        return read_label_map(path, num_classes + 1, size)
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        # read_label_png's refusal of a colour (RGB) PNG: its colours are not class indices
         raise InputError(f"{err}; save the correction as a palette or greyscale PNG of class indices") from None
-    if labels.shape != tuple(size):
-        raise InputError(f"{path}: correction is {labels.shape[1]}x{labels.shape[0]} pixels, its image "
-                         f"{size[1]}x{size[0]}")
-    bad = np.unique(labels[(labels > num_classes) & (labels != IGNORE_INDEX)])
-    if bad.size:
-        raise InputError(f"{path}: value(s) {', '.join(map(str, bad[:5].tolist()))} are no class: 0 is background, "
-                         f"1..{num_classes} the classes, 255 ignore")
-    return labels
-
-
-def load_corrections(folder: str | os.PathLike, ids: Sequence[str], num_classes: int,
-                     sizes: Mapping[str, tuple[int, int]]) -> dict[str, np.ndarray]:
-    """Every correction in ``folder`` for ``ids``, read and checked (``sizes``: each id's (H, W))."""
-    return {i: read_correction(p, num_classes, sizes[i]) for i, p in find_corrections(folder, ids).items()}
 
 
 def check_corrections(corrections: Mapping[str, Path], num_classes: int, sizes: Mapping[str, tuple[int, int]]) -> None:

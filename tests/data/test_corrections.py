@@ -38,9 +38,9 @@ def test_read_checks_values_size_and_mode(tmp_path):
     write_label_png(tmp_path / "ok.png", _mask(255))
     assert read_correction(tmp_path / "ok.png", 3, (6, 8)).max() == 255
     write_label_png(tmp_path / "big.png", _mask(4))
-    with pytest.raises(ValueError, match=r"big\.png: value\(s\) 4 are no class: 0 is background, 1\.\.3"):
+    with pytest.raises(ValueError, match=r"big\.png: label value\(s\) \[4\] outside 0\.\.3 and 255"):
         read_correction(tmp_path / "big.png", 3, (6, 8))
-    with pytest.raises(ValueError, match=r"ok\.png: correction is 8x6 pixels, its image 9x6"):
+    with pytest.raises(ValueError, match=r"ok\.png: labels are 8x6 \(WxH\) but the image is 9x6"):
         read_correction(tmp_path / "ok.png", 3, (6, 9))
     Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png: label PNG must be single-channel.*palette or greyscale"):

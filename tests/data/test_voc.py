@@ -4,7 +4,15 @@ from conftest import write_jpeg, write_xml
 
 from pipeline.core.io import write_label_png
 from pipeline.data.index import index_split
-from pipeline.data.voc import VOC_CLASSES, DatasetError, VOCDataset, boxes_from_mask, find_voc_root, labels_from_mask
+from pipeline.data.voc import (
+    VOC_CLASSES,
+    DatasetError,
+    VOCDataset,
+    boxes_from_mask,
+    find_voc_root,
+    labels_from_mask,
+    read_label_map,
+)
 
 
 def test_finds_root_from_parent(voc_root, tmp_path):
@@ -134,3 +142,18 @@ def test_real_voc_sample_matches_its_readme():
     assert presence["person"] == 92 and presence["sheep"] == 7 and presence["bus"] == 11
     s = ds[0]
     assert s.mask.shape == s.image.shape[:2] and len(s.boxes) == len(s.box_labels) > 0
+
+
+def test_read_label_map_checks_size_and_values_naming_the_file(tmp_path):
+    """The one check of every label map read for training or scoring (the segmenter's dataset,
+    evaluate, hand corrections): the image's size and values below the class count or 255."""
+    labels = np.zeros((6, 8), np.uint8)
+    labels[0, :2] = (2, 255)
+    write_label_png(tmp_path / "ok.png", labels)
+    assert np.array_equal(read_label_map(tmp_path / "ok.png", 3, (6, 8)), labels)
+    with pytest.raises(DatasetError, match=r"ok\.png: labels are 8x6 \(WxH\) but the image is 9x6"):
+        read_label_map(tmp_path / "ok.png", 3, (6, 9))
+    labels[5, 7] = 3  # num_classes 3: 0..2 only
+    write_label_png(tmp_path / "big.png", labels)
+    with pytest.raises(DatasetError, match=r"big\.png: label value\(s\) \[3\] outside 0\.\.2 and 255"):
+        read_label_map(tmp_path / "big.png", 3, (6, 8))

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from pipeline.core.checkpoint import load_checkpoint
@@ -91,6 +90,8 @@ def check_backbone(name: str, output_stride: int | None = None) -> None:
 
 
 def _torchvision_net(name: str, weights: str) -> nn.Module:
+    import torchvision  # here, not at the top: the stages that build no network skip its second of imports
+
     if weights != "imagenet":
         return torchvision.models.get_model(name, weights=None)
     try:

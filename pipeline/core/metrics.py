@@ -15,7 +15,6 @@ from typing import ClassVar, TypeVar
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from pipeline.core.io import IGNORE_INDEX
 
@@ -127,6 +126,14 @@ def _as_boxes(boxes: np.ndarray, labels: np.ndarray, what: str) -> tuple[torch.T
     return boxes, labels
 
 
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torchvision.ops.box_iou``, imported here: ``torchvision.ops`` pulls in ``torch._dynamo``
+    (about a second), which the stages that import this module for masks alone do not need."""
+    from torchvision.ops import box_iou
+
+    return box_iou(a, b)
+
+
 def _check_threshold(threshold: float) -> None:
     if not 0 < threshold <= 1:
         raise ValueError(f"IoU threshold must lie in (0, 1], got {threshold}")
@@ -144,7 +151,7 @@ def same_class_iou(pred_boxes: np.ndarray, pred_labels: np.ndarray, gt_boxes: np
     gt, gt_labels = _as_boxes(gt_boxes, gt_labels, "ground truth")
     if len(gt) == 0 or len(pred) == 0:
         return np.zeros((len(gt), len(pred)), np.float32)
-    iou = box_iou(gt, pred).numpy()
+    iou = _box_iou(gt, pred).numpy()
     iou[gt_labels[:, None] != pred_labels[None, :]] = 0.0
     return iou
 
@@ -435,7 +442,7 @@ class MaxBoxAccScore:
                 boxes, largest = component_boxes(region)
                 if largest < 0:
                     continue
-                best = box_iou(torch.from_numpy(boxes), gt).numpy().max(axis=1)
+                best = _box_iou(torch.from_numpy(boxes), gt).numpy().max(axis=1)
                 self.largest_hits[t] += best[largest] >= d
                 self.any_hits[t] += best.max() >= d
 

@@ -82,8 +82,8 @@ def test_a_killed_training_stage_resumes_to_the_uninterrupted_result(pipeline_ru
 
 
 def test_train_under_torchrun_in_two_processes_resumes_to_the_uninterrupted_result(pipeline_run, tmp_path):
-    """train.processes: 2 (the stage relaunches itself under torchrun): rank 0 writes every
-    rank's generators, the launcher and both ranks are killed, and the rerun's two ranks
+    """train.processes: 2 (the stage relaunches itself under torchrun, and saves the network
+    unwrapped, as one process does): rank 0 writes every rank's generators, the launcher and both ranks are killed, and the rerun's two ranks
     resume to the weights of an uninterrupted two-process run."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for cwd in (whole, killed):
@@ -100,6 +100,7 @@ def test_train_under_torchrun_in_two_processes_resumes_to_the_uninterrupted_resu
     a = torch.load(whole / "models/classifier.pt", weights_only=True)["state_dict"]
     b = torch.load(killed / "models/classifier.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(k.startswith("module.") for k in a)  # saved unwrapped: cams loads it as it is
     ma, mb = (json.loads((cwd / "metrics/train.json").read_text()) for cwd in (whole, killed))
-    assert ma["processes"] == mb["processes"] == 2 and _timeless(ma) == _timeless(mb)
+    assert ma["processes"] == mb["processes"] == 2 and 0 <= ma["val_map"] <= 1 and _timeless(ma) == _timeless(mb)
     assert not (killed / "models/.resume").exists()

@@ -264,19 +264,6 @@ def test_cams_in_two_processes_equal_one_process(pipeline_run, tmp_path):
     assert not list((tmp_path / "outputs").glob(".seeds*"))  # no temporary folder left
 
 
-def test_train_in_two_processes(pipeline_run, tmp_path):
-    params = {**TINY, "train": {**TINY["train"], "processes": 2}}
-    _copy_run(pipeline_run, tmp_path, params)
-    result = run_stage(tmp_path, "train")
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics/train.json").read_text())
-    assert metrics["processes"] == 2 and 0 <= metrics["val_map"] <= 1
-    import torch
-
-    state = torch.load(tmp_path / "models/classifier.pt", weights_only=True)["state_dict"]
-    assert not any(k.startswith("module.") for k in state)  # saved unwrapped: cams loads it as it is
-
-
 def test_affinity_under_torchrun_in_two_processes(pipeline_run, tmp_path):
     """The affinity stage launched by hand under torchrun (as on several machines): each rank
     copies a block of the training labels into the one shared folder (the same files as one

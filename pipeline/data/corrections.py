@@ -74,10 +74,9 @@ def read_correction(path: str | os.PathLike, num_classes: int, size: tuple[int, 
     ``0 .. num_classes`` with background, or 255); ``num_classes`` counts the classes alone."""
     try:
         return read_label_map(path, num_classes + 1, size)
-    except ValueError as err:
-        if isinstance(err, InputError):
-            raise
-        # read_label_png's refusal of a colour (RGB) PNG: its colours are not class indices
+    except InputError:
+        raise
+    except ValueError as err:  # read_label_png's refusal of a colour (RGB) PNG: its colours are not class indices
         raise InputError(f"{err}; save the correction as a palette or greyscale PNG of class indices") from None
 
 

@@ -83,8 +83,9 @@ def test_a_killed_training_stage_resumes_to_the_uninterrupted_result(pipeline_ru
 
 def test_train_under_torchrun_in_two_processes_resumes_to_the_uninterrupted_result(pipeline_run, tmp_path):
     """train.processes: 2 (the stage relaunches itself under torchrun, and saves the network
-    unwrapped, as one process does): rank 0 writes every rank's generators, the launcher and both ranks are killed, and the rerun's two ranks
-    resume to the weights of an uninterrupted two-process run."""
+    unwrapped, as one process does): rank 0 writes every rank's generators, the launcher and
+    both ranks are killed, and the rerun's two ranks resume to the weights of an uninterrupted
+    two-process run."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for cwd in (whole, killed):
         _project(pipeline_run, cwd, "train")

@@ -625,7 +625,6 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     assert "full_supervision_ratio" not in json.loads((tmp_path / "metrics/segment.json").read_text())
     assert "not made with this segment recipe" in result.stderr
 
-
     # a damaged pseudo-label stops segment naming it, and its outputs stay as they were
     before = {p: (tmp_path / p).read_bytes() for p in ("models/segmenter.pt", "metrics/segment.json")}
     label = tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass" / f"{index['splits']['train'][3]}.png"

@@ -1,8 +1,9 @@
 """Stage `segment`: train a segmentation network on the pseudo-labels and score it on the
 held-out ids of data.seg_val_list -> models/segmenter.pt, metrics/segment.json.
 
-The targets are the labels `refine.export` names (the CRF's or the refined ones), or,
-with `segment.label_source: gt`, the true masks of the same ids. metrics/segment.json
+The targets are the labels `refine.export` names (the CRF's or the refined ones), the
+ones `segment.label_source: crf` or `refined` names whatever the export, or, with
+`segment.label_source: gt`, the true masks of the same ids. metrics/segment.json
 holds the val mIoU, the IoU of each class and, from metrics/segment_reference.json (the
 `segment_reference` stage: the same recipe on the true masks), the full-supervision ratio.
 The recipe itself is :mod:`pipeline.segment.recipe`.

@@ -297,7 +297,8 @@ class SegmentParams:
     """The segmentation network trained on the pseudo-labels (``segment``): a
     segmentation_models_pytorch architecture on a timm encoder."""
 
-    label_source: str = field("pseudo", choices=("pseudo", "gt"))  # pseudo: the labels refine.export names | gt: the true masks
+    # pseudo: the labels refine.export names | crf, refined: that stage's labels, whatever the export | gt: the true masks
+    label_source: str = field("pseudo", choices=("pseudo", "crf", "refined", "gt"))
     arch: str = field("FPN", choices=SEGMENT_ARCHITECTURES)
     encoder: str = field("tu-resnet10t", nonempty=True)  # tu-<timm model name> (smp's timm universal encoder)
     weights: str = field("none", nonempty=True)  # none | path to a state_dict of the timm model (its classifier is dropped)

@@ -1,6 +1,6 @@
 """The ``segment`` and ``segment_reference`` stages' work: a segmentation network trained with the
-segment recipe on the pseudo-labels that ``refine.export`` names (or on the true masks: the
-fully supervised reference), rounds of self-training, its score on the held-out ids of
+segment recipe on the pseudo-labels that ``segment.label_source`` names (by default the ones
+``refine.export`` names; or the true masks: the fully supervised reference), rounds of self-training, its score on the held-out ids of
 ``data.seg_val_list`` and its ratio to the reference; rank 0 saves it.
 """
 
@@ -68,6 +68,12 @@ def recipe_digest(params: SegmentParams) -> str:
     return hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
+def pseudo_label_kind(label_source: str, export: str) -> str:
+    """Which pseudo-labels ``segment.label_source`` trains on: ``crf`` or ``refined`` (``pseudo``:
+    the ones ``refine.export`` names)."""
+    return export if label_source == "pseudo" else label_source
+
+
 def training_labels_dir(label_source: str, export: str, index: DatasetIndex) -> Path | None:
     """The folder of training labels (None: the true masks); every training id must have one."""
     if label_source == "gt":
@@ -77,12 +83,13 @@ def training_labels_dir(label_source: str, export: str, index: DatasetIndex) -> 
             raise MissingInputError(f"segment.label_source gt: {len(missing)} training id(s) have no ground-truth mask, "
                                     f"e.g. {', '.join(map(str, missing[:3]))}")
         return None
-    labels_dir = EXPORTED_LABELS[export] / VOC_SUBDIR / "SegmentationClass"
+    kind = pseudo_label_kind(label_source, export)
+    labels_dir = EXPORTED_LABELS[kind] / VOC_SUBDIR / "SegmentationClass"
     missing = [id_path(labels_dir, i, ".png") for i in index.splits["train"] if not id_path(labels_dir, i, ".png").is_file()]
     if missing:
-        stage = "crf" if export == "crf" else "refine"
+        stage = "crf" if kind == "crf" else "refine"
         raise MissingInputError(f"{missing[0]}: pseudo-label not found ({len(missing)} of {len(index.splits['train'])} missing); "
-                                f"run the {stage} stage (refine.export: {export})")
+                                f"run the {stage} stage (segment.label_source: {label_source}, refine.export: {export})")
     return labels_dir
 
 
@@ -98,7 +105,8 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
     amp = amp_dtype(p.amp, device)
     mean, std = encoder_normalization(p.encoder)
     class_names = ["background", *index.classes]
-    what = "true masks" if label_source == "gt" else f"{export} pseudo-labels"
+    labels = "gt" if label_source == "gt" else pseudo_label_kind(label_source, export)
+    what = "true masks" if label_source == "gt" else f"{labels} pseudo-labels"
     left_out = [] if label_source == "gt" else least_trusted(p.drop_least_confident, index.splits["train"])
     resume = _resume("segment_reference" if reference else "segment", p, index, labels_dir, left_out, info)
     model, train_seconds = train_network(p, index, labels_dir, what, len(class_names), info, device, amp, left_out, resume)
@@ -135,7 +143,7 @@ def train_segmenter(p: SegmentParams, export: str, index: DatasetIndex, info: di
         "miou": miou,  # JSON null: nothing scored
         "pixel_accuracy": round(float(np.trace(confusion) / confusion.sum()), 4) if val_ids else None,
         "label_source": label_source,
-        "labels": "gt" if label_source == "gt" else export,
+        "labels": labels,
         "num_val_images": len(val_ids),
         "epochs": p.epochs,
         "processes": info.world_size,

@@ -519,3 +519,24 @@ def test_predict_reads_cmyk_16_bit_and_one_pixel_images(checkpoint, tmp_path):
     for stem, (h, w) in (("cmyk", (30, 40)), ("deep", (30, 40)), ("dot", (1, 1)), ("pal", (20, 24))):
         with Image.open(tmp_path / "out" / "labels" / f"{stem}.png") as label:
             assert label.size == (w, h) and label.mode == "P"
+
+
+@pytest.mark.parametrize(("label_source", "export", "folder"), [
+    ("pseudo", "refined", "outputs/refined"), ("pseudo", "crf", "outputs/pseudo_labels"),
+    ("crf", "refined", "outputs/pseudo_labels"), ("refined", "crf", "outputs/refined")])
+def test_training_labels_dir_follows_label_source_over_the_export(tmp_path, monkeypatch, label_source, export, folder):
+    from types import SimpleNamespace
+
+    from pipeline.core.errors import MissingInputError
+    from pipeline.segment.recipe import training_labels_dir
+
+    monkeypatch.chdir(tmp_path)
+    index = SimpleNamespace(splits={"train": ["a", "b"]})
+    labels = Path(folder) / "VOCdevkit" / "VOC2012" / "SegmentationClass"
+    labels.mkdir(parents=True)
+    write_label_png(labels / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(MissingInputError, match=rf"{labels / 'b.png'}: pseudo-label not found \(1 of 2 missing\).*"
+                                                 rf"segment.label_source: {label_source}, refine.export: {export}"):
+        training_labels_dir(label_source, export, index)
+    write_label_png(labels / "b.png", np.zeros((4, 4), np.uint8))
+    assert training_labels_dir(label_source, export, index) == labels

@@ -618,16 +618,17 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     model, ckpt = load_segmenter(tmp_path / "models/segmenter.pt", torch.device("cpu"))
     assert ckpt["class_names"] == ["background", *index["classes"]] and ckpt["label_source"] == "pseudo"
 
-    # another recipe: the old reference no longer counts
-    write_params(tmp_path, {**TINY, "segment": {**TINY["segment"], "epochs": 1}})
+    # another recipe: the old reference no longer counts; label_source crf trains on the CRF's labels, export refined
+    write_params(tmp_path, {**TINY, "segment": {**TINY["segment"], "epochs": 1, "label_source": "crf"}})
     result = run_stage(tmp_path, "segment")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "full_supervision_ratio" not in json.loads((tmp_path / "metrics/segment.json").read_text())
-    assert "not made with this segment recipe" in result.stderr
+    seg = json.loads((tmp_path / "metrics/segment.json").read_text())
+    assert "full_supervision_ratio" not in seg and seg["label_source"] == "crf" and seg["labels"] == "crf"
+    assert "not made with this segment recipe" in result.stderr and "on the crf pseudo-labels of" in result.stderr
 
-    # a damaged pseudo-label stops segment naming it, and its outputs stay as they were
+    # a damaged pseudo-label (of the CRF's, which label_source crf reads) stops segment naming it, outputs kept
     before = {p: (tmp_path / p).read_bytes() for p in ("models/segmenter.pt", "metrics/segment.json")}
-    label = tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass" / f"{index['splits']['train'][3]}.png"
+    label = tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass" / f"{index['splits']['train'][3]}.png"
     label.unlink()  # a copy of the run's file, not a link into it
     # (the size check, the same function's, is tested on its own in tests/data/test_voc.py)
     write_label_png(label, np.full((64, 64), 99, np.uint8))

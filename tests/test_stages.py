@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, parse_report, run_stage, write_jpeg, write_params
+from conftest import TINY, parse_report, run_stage, run_stages, write_jpeg, write_params
 
 from pipeline.core.io import read_label_png, write_label_png
 
@@ -353,9 +353,8 @@ def test_vgg16_through_train_and_cams(pipeline_run, tmp_path):
               "cam": {**TINY["cam"], "method": "gradcam", "scales": [1.0], "flip": False}}
     _copy_run(pipeline_run, tmp_path, params)
     write_params(tmp_path, params)
-    for stage in ("train", "cams", "postprocess"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "train", "cams", "postprocess")
+    assert result.returncode == 0, result.stderr[-3000:]
     seeds = _seeds(tmp_path / "outputs/seeds")
     assert len(seeds) == 24
     assert all(m.shape[1:] == (16, 16) and np.isfinite(m).all() and m.max() <= 1.0 for m in seeds.values())
@@ -483,9 +482,8 @@ def test_affinity_on_irn_confident_labels(pipeline_run, tmp_path):
     params = {**TINY, "affinity": {**TINY["affinity"], "labels": "confident", "fg_bg": 0.6, "bg_bg": 0.2},
               "refine": {**TINY["refine"], "background": "constant"}}
     _copy_run(pipeline_run, tmp_path, params)
-    for stage in ("affinity", "refine"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "affinity", "refine")
+    assert result.returncode == 0, result.stderr[-3000:]
     aff = json.loads((tmp_path / "metrics/affinity.json").read_text())
     assert aff["trained"] and aff["unsure_fraction"] > 0
     index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
@@ -504,9 +502,8 @@ def test_refine_without_the_boundary_network(pipeline_run, tmp_path, method):
     `none` reproduces the CRF labels, `par` writes labels of the present classes."""
     params = {**TINY, "refine": {**TINY["refine"], "method": method, "export": "crf"}}
     _copy_run(pipeline_run, tmp_path, params)
-    for stage in ("affinity", "refine"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "affinity", "refine")
+    assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "metrics/affinity.json").read_text())["trained"] is False
     crf = _pngs(tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass")
     refined = _pngs(tmp_path / "outputs/refined/VOCdevkit/VOC2012/SegmentationClass")
@@ -574,9 +571,8 @@ def test_a_4000x3000_image_runs_through_the_stages(pipeline_run, tmp_path):
               "cam": {**TINY["cam"], "scales": [1.0], "flip": False, "batch_size": 1}}
     write_params(tmp_path, params)
     shutil.copytree(pipeline_run / "models", tmp_path / "models")
-    for stage in ("prepare", "cams", "postprocess", "crf"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "prepare", "cams", "postprocess", "crf")
+    assert result.returncode == 0, result.stderr[-3000:]
     labels = read_label_png(tmp_path / "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass/big.png")
     assert labels.shape == (3000, 4000)
 
@@ -593,9 +589,8 @@ def test_segment_and_its_reference(pipeline_run, tmp_path):
     for sub in ("data/prepared", "outputs/pseudo_labels", "outputs/refined"):
         shutil.copytree(pipeline_run / sub, tmp_path / sub, symlinks=True)
     write_params(tmp_path, TINY)
-    for stage in ("segment_reference", "segment"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "segment_reference", "segment")
+    assert result.returncode == 0, result.stderr[-3000:]
     index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     val_ids = index["splits"]["seg_val"]
     assert val_ids and not set(val_ids) & set(index["splits"]["train"])
@@ -826,11 +821,9 @@ def test_the_builtin_data_as_a_folder_and_csv_gives_the_same_pseudo_labels(pipel
     run_dir.mkdir()
     write_params(run_dir, {**TINY, "data": {"source": "folder", "root": str(images), "classes_file": str(tmp_path / "classes.txt"),
                                             "train_list": "train", "val_list": "val", "eval_list": "train", "seg_val_list": "none"}})
-    assert run_stage(run_dir, "prepare").returncode == 0
     shutil.copytree(pipeline_run / "models", run_dir / "models")
-    for stage in ("cams", "postprocess", "crf"):
-        result = run_stage(run_dir, stage)
-        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    result = run_stages(run_dir, "prepare", "cams", "postprocess", "crf")
+    assert result.returncode == 0, result.stderr[-3000:]
     assert not list((run_dir / "data/folder_view/VOC2012").glob("SegmentationClass/*")), "no mask was given"
     labels = "outputs/pseudo_labels/VOCdevkit/VOC2012/SegmentationClass"
     ours = sorted(p.name for p in (run_dir / labels).glob("*.png"))

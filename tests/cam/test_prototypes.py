@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY, run_stage, write_params
+from conftest import TINY, run_stage, run_stages, write_params
 
 from pipeline.cam.methods import compute_cams
 from pipeline.cam.prototypes import (
@@ -107,9 +107,8 @@ def test_prototypes_and_lpcam_seeds_through_the_stages(pipeline_run, tmp_path):
     write_params(tmp_path, params)
     result = run_stage(tmp_path, "cams")  # the session run's prototypes file says none were needed
     assert result.returncode != 0 and "holds no LPCAM prototypes" in result.stderr and "prototypes.pt" in result.stderr
-    for stage in ("prototypes", "cams"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "prototypes", "cams")
+    assert result.returncode == 0, result.stderr[-3000:]
     data = load_checkpoint(tmp_path / "models/prototypes.pt", remedy="rerun")
     assert data["weight"].shape == (6, 512)
     rows = list(data["summary"].values())

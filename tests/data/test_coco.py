@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import yaml
-from conftest import coco_from_builtin, compressed, run_stage, runs
+from conftest import coco_from_builtin, compressed, run_stage, run_stages, runs
 from pycocotools import mask as mask_utils
 
 from pipeline.core.io import read_label_png
@@ -95,9 +95,8 @@ def test_every_stage_runs_on_a_tiny_coco_set(tmp_path):
     cwd = tmp_path / "run"
     cwd.mkdir()
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate"):
-        result = run_stage(cwd, stage)
-        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    result = run_stages(cwd, "prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
     index = json.loads((cwd / "data/prepared/dataset.json").read_text())
     assert index["classes"] == list(voc.classes)
     assert len(index["splits"]["train"]) == 24 and len(index["splits"]["seg_val"]) == 8

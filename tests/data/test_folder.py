@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import run_stage, write_jpeg
+from conftest import run_stage, run_stages, write_jpeg
 
 from pipeline.core.io import read_label_png, write_label_png
 from pipeline.data.folder import build_view, read_labels_file
@@ -123,9 +123,8 @@ def test_every_stage_runs_on_a_folder_without_masks(tmp_path):
     (tmp_path / "run").mkdir()
     cwd = tmp_path / "run"
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    for stage in ("prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate"):
-        result = run_stage(cwd, stage)
-        assert result.returncode == 0, f"{stage} failed:\n{result.stderr[-3000:]}"
+    result = run_stages(cwd, "prepare", "train", "cams", "postprocess", "crf", "affinity", "refine", "confidence", "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
     index = json.loads((cwd / "data/prepared/dataset.json").read_text())
     assert len(index["splits"]["train"]) == 24 and index["classes"] == list(dict.fromkeys(
         name for row in rows[1:] for name in row.split(",")[1].split("|") if name))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, parse_report, run_stage, write_params
+from conftest import TINY, parse_report, run_stage, run_stages, write_params
 
 from pipeline.core.io import read_label_png, write_label_png
 
@@ -46,9 +46,8 @@ def test_a_correction_replaces_exactly_its_ids_labels(pipeline_run, tmp_path, mo
     (tmp_path / "data/corrections").mkdir()
     write_label_png(tmp_path / "data/corrections" / f"{target}.png", fixed)
     (tmp_path / "data/corrections/README.md").write_text("notes are allowed")
-    for stage in ("crf", "affinity", "refine", "confidence", "evaluate"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "crf", "affinity", "refine", "confidence", "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
     for kind in ("pseudo_labels", "refined"):
         before, after = _pngs(pipeline_run / LABELS.format(kind)), _pngs(tmp_path / LABELS.format(kind))
         assert np.array_equal(read_label_png(tmp_path / LABELS.format(kind) / f"{target}.png"), fixed)
@@ -99,9 +98,8 @@ def test_without_masks_the_report_ranks_by_confidence(pipeline_run, tmp_path):
     index = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     shutil.rmtree(tmp_path / index["root"] / "SegmentationClass")
     shutil.copyfile(pipeline_run / "outputs/boxes.json", tmp_path / "outputs/boxes.json")
-    for stage in ("confidence", "evaluate"):
-        result = run_stage(tmp_path, stage)
-        assert result.returncode == 0, f"{stage}: {result.stderr[-3000:]}"
+    result = run_stages(tmp_path, "confidence", "evaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "spearman" not in json.loads((tmp_path / "metrics/confidence.json").read_text())
     rows = [r for r in _confidence(tmp_path) if r["id"] in index["splits"]["eval"]]
     expected = [r["id"] for r in sorted(rows, key=lambda r: (float(r["confidence"]), r["id"]))][:8]

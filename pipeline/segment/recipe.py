@@ -1,7 +1,8 @@
 """The ``segment`` and ``segment_reference`` stages' work: a segmentation network trained with the
 segment recipe on the pseudo-labels that ``segment.label_source`` names (by default the ones
-``refine.export`` names; or the true masks: the fully supervised reference), rounds of self-training, its score on the held-out ids of
-``data.seg_val_list`` and its ratio to the reference; rank 0 saves it.
+``refine.export`` names; or the true masks: the fully supervised reference), rounds of
+self-training, its score on the held-out ids of ``data.seg_val_list`` and its ratio to the
+reference; rank 0 saves it.
 """
 
 from __future__ import annotations

@@ -144,6 +144,9 @@ def test_unknown_params_key_fails_before_writing(tmp_path):
     result = run_stage(tmp_path, "prepare")
     assert result.returncode == 1 and "unknown key(s) sorce" in result.stderr
     assert not (tmp_path / "data").exists()
+    result = run_stages(tmp_path, "prepare", "train")  # the tests' chain stops at the failing stage, with its status
+    assert result.returncode == 1 and "unknown key(s) sorce" in result.stderr
+    assert "--- stage prepare" in result.stderr and "--- stage train" not in result.stderr
 
 
 def test_unknown_backbone_lists_valid(tmp_path):

@@ -125,7 +125,8 @@ def _train(index, ids, rounds, load_params) -> dict:
     voc = index.dataset("train")
     sub = type(voc)(voc.root, ids, classes=index.classes, labels={i: index.labels(i) for i in ids})
     fill = [255 * m for m in mean]
-    augment = train_augmentation(train_p.crop_size, seed=train_p.seed, kind=train_p.augment, fill=fill)
+    augment = train_augmentation(train_p.crop_size, seed=train_p.seed, kind=train_p.augment, fill=fill,
+                                 crop_area=train_p.crop_area)
     dataset = ClassificationDataset(sub, {i: index.labels(i) for i in ids}, augment, mean, std)
     loaders = {"stage": train_p.num_workers}
     workers = _workers_alternative(train_p.num_workers)

@@ -43,11 +43,12 @@ AUGMENTATIONS = ("resized_crop", "irn")
 
 
 def train_augmentation(crop_size: int, seed: int | None = None, kind: str = "resized_crop",
-                       fill: Sequence[float] = (0, 0, 0)) -> A.Compose:
+                       fill: Sequence[float] = (0, 0, 0), crop_area: Sequence[float] = TrainParams.crop_area) -> A.Compose:
     """Training augmentation; ``seed`` makes the draws repeatable (albumentations keeps its
     own generator, which ``seed_everything`` does not reach).
 
-    * ``resized_crop``: a random resized crop (50-100% of the area), flip, colour jitter.
+    * ``resized_crop``: a random resized crop (``crop_area``: its share of the image's area,
+      [low, high]), flip, colour jitter.
     * ``irn``: IRN's classifier augmentation (Ahn et al., CVPR 2019, step/train_cam.py):
       the long side resized to a random length in 320-640, flip, a random ``crop_size``
       crop, padded (at a random place) with ``fill``, the mean colour, where the image
@@ -55,7 +56,7 @@ def train_augmentation(crop_size: int, seed: int | None = None, kind: str = "res
     """
     if kind == "resized_crop":
         steps = [
-            A.RandomResizedCrop(size=(crop_size, crop_size), scale=(0.5, 1.0), ratio=(0.75, 1.333)),
+            A.RandomResizedCrop(size=(crop_size, crop_size), scale=tuple(crop_area), ratio=(0.75, 1.333)),
             A.HorizontalFlip(p=0.5),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
         ]
@@ -141,7 +142,8 @@ def train_classifier(model_p: ModelParams, train_p: TrainParams, index: DatasetI
     model = model.to(device).to(memory_format=torch.channels_last)
     labels = {i: index.labels(i) for i in index.images}
     fill = [255 * m for m in mean]  # padding in the mean colour: zero after normalisation
-    augment = train_augmentation(train_p.crop_size, seed=train_p.seed + info.rank, kind=train_p.augment, fill=fill)
+    augment = train_augmentation(train_p.crop_size, seed=train_p.seed + info.rank, kind=train_p.augment, fill=fill,
+                                 crop_area=train_p.crop_area)
     train_set = ClassificationDataset(index.dataset("train"), labels, augment, mean, std)
     val_set = ClassificationDataset(index.dataset("val"), labels, eval_transform(train_p.crop_size), mean, std)
     loader_kw = dict(num_workers=train_p.num_workers, pin_memory=device.type == "cuda", persistent_workers=train_p.num_workers > 0)

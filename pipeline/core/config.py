@@ -129,6 +129,7 @@ class TrainParams:
     schedule: str = field("poly", choices=("poly", "cosine", "constant"))
     # resized_crop (random resized crop, flip, jitter) | irn (long side 320-640, flip, crop)
     augment: str = field("resized_crop", choices=("resized_crop", "irn"))
+    crop_area: tuple[float, ...] = field((0.5, 1.0), gt=0.0, le=1.0)  # resized_crop: [low, high] of the image's area a crop takes
     num_workers: int = field(0, ge=0)  # DataLoader worker processes (pinned memory on CUDA)
     seed: int = field(0, ge=0)
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
@@ -146,6 +147,10 @@ class TrainParams:
     recam_lr: float = field(2e-5, gt=0.0)
     recam_head_lr: float = field(2e-3, gt=0.0)
     recam_loss_weight: float = field(1.0, ge=0.0)
+
+    def __post_init__(self) -> None:
+        if len(self.crop_area) != 2 or self.crop_area[0] > self.crop_area[1]:
+            raise ConfigError(f"train.crop_area: {list(self.crop_area)} is not a range [low, high] with low <= high")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -99,6 +99,29 @@ def test_irn_augmentation_gives_crops_of_the_size(shape):
         train_augmentation(64, kind="mixup")
 
 
+def test_crop_area_sets_the_share_of_the_image_a_crop_takes():
+    """Vertical stripes 5 px wide on a 100 px square: a crop of the whole area, resized to
+    100 px, keeps all 19 edges of a row; a crop of a tenth of the area (27 to 37 px wide for
+    aspect ratios 0.75 to 1.33) keeps at most 8. Colour jitter keeps white above black."""
+    from pipeline.classifier.train import train_augmentation
+
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[:, (np.arange(100) // 5) % 2 == 1] = 255
+
+    def edges(crop_area):
+        aug = train_augmentation(100, seed=0, crop_area=crop_area)
+        counts = []
+        for _ in range(20):
+            row = aug(image=image)["image"].astype(float).mean(axis=-1)[50]
+            bright = row > row.mean()
+            counts.append(int(np.count_nonzero(bright[1:] != bright[:-1])))
+        return counts
+
+    assert edges((1.0, 1.0)) == [19] * 20
+    assert max(edges((0.1, 0.1))) <= 8
+    assert min(edges((0.5, 1.0))) >= 11  # the default: 61 to 100 px wide
+
+
 class _CropOfOneImage(torch.utils.data.Dataset):
     """The same 64x64 image, randomly cropped by a seeded albumentations pipeline."""
 
